@@ -1,0 +1,1 @@
+"""timerctl: the command line of timer_redis."""

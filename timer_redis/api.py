@@ -1,0 +1,114 @@
+"""The torch-shaped API: TimerRequest, TimerClient, configure() and expires(). Imports no redis.
+
+Reads side by side with ``torch/distributed/elastic/timer/api.py``: the same names, fields and semantics, so code
+written against torch's timers reads the same here.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import sys
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from .errors import InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class TimerRequest:
+    """One acquire or release, as torch's timer servers receive them.
+
+    A negative ``expiration_time`` means release (torch's convention); it is kept only at this torch-compatible
+    edge: inside timer_redis a release is its own call.
+    """
+
+    worker_id: Any
+    scope_id: str
+    expiration_time: float
+
+    @property
+    def is_release(self) -> bool:
+        return self.expiration_time < 0
+
+
+class TimerClient(abc.ABC):
+    """What ``expires()`` drives: acquire a countdown timer for a scope, and release it."""
+
+    @abc.abstractmethod
+    def acquire(self, scope_id: str, expiration_time: float) -> None:
+        """Start (or replace) the timer of ``scope_id``, expiring at ``expiration_time`` (seconds, ``time.time()``
+        clock of this process)."""
+
+    @abc.abstractmethod
+    def release(self, scope_id: str) -> None:
+        """Stop the timer of ``scope_id``; a no-op if there is none."""
+
+
+_default_client: Any = None
+
+
+def configure(timer_client: Any) -> None:
+    """Make ``timer_client`` the client ``expires()`` uses when none is passed."""
+    global _default_client
+    _default_client = timer_client
+
+
+def get_default_client() -> Any:
+    """The client set by ``configure()``, or None."""
+    return _default_client
+
+
+def check_after(after: object) -> float:
+    """Return ``after`` if it is a usable countdown (seconds, finite, > 0), else raise.
+
+    Raises:
+        InvalidArgumentError: not a number, NaN, infinite, zero or negative.
+    """
+    if isinstance(after, bool) or not isinstance(after, (int, float)):
+        raise InvalidArgumentError(f"after must be a number of seconds, got {after!r}")
+    if not math.isfinite(after) or after <= 0:
+        raise InvalidArgumentError(f"after must be finite and > 0 seconds, got {after!r}")
+    return float(after)
+
+
+class expires:  # a context manager class, named like torch's function
+    """Run a block under a countdown timer: ``with expires(after=30): step()``.
+
+    If the block does not finish within ``after`` seconds, a watchdog signals this process (SIGKILL by default).
+    The timer is released on every exit path and exceptions propagate. The default scope is
+    ``"<caller file>#<line>"``, read from the caller's frame (no ``inspect.stack()`` walk).
+
+    Args:
+        after: seconds, finite and > 0.
+        scope: names the timer; nested blocks with the same scope share one timer (the innermost release wins).
+        client: the TimerClient; defaults to the one set with ``configure()``.
+
+    Raises:
+        RuntimeError: no client was passed or configured.
+        InvalidArgumentError: ``after`` is not a finite positive number.
+    """
+
+    __slots__ = ("_after", "_client", "_scope")
+
+    def __init__(self, after: float, scope: str | None = None, client: Any = None) -> None:
+        if client is None:
+            client = _default_client
+            if client is None:
+                raise RuntimeError("Configure timer client before using countdown timers.")
+        self._after = check_after(after)
+        self._client = client
+        if scope is None:
+            caller = sys._getframe(1)
+            scope = f"{caller.f_code.co_filename}#{caller.f_lineno}"
+        self._scope = scope
+
+    def __enter__(self) -> None:
+        self._client.acquire(self._scope, time.time() + self._after)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self._client.release(self._scope)

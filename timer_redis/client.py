@@ -1,0 +1,107 @@
+"""RedisTimerClient: names the owner of its timers (node, pid, start time) and calls the store."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+
+from .api import TimerClient
+from .errors import InvalidArgumentError
+from .process import Owner
+from .settings import TimerSettings, url_from_env
+from .store import TimerStore
+
+# An expiration time already in the past still makes a timer, due at once (torch reaps it on the next pass too).
+MIN_TTL_SECONDS = 0.001
+
+
+class RedisTimerClient(TimerClient):
+    """A torch-compatible TimerClient whose timers live in Redis.
+
+    ``acquire(scope_id, expiration_time)`` takes the absolute ``time.time()`` of this process, like torch; it is
+    turned into a ttl at the moment of the call, and the deadline is set on the Redis clock, so a client whose
+    clock is minutes off still gets a timer that fires ``expiration_time - now`` seconds later.
+
+    By default a call puts its command on the socket and returns without waiting for the reply; the reply is read
+    on a later call (which raises if it was an error) or by ``flush()``, which also runs at exit. ``strict=True``
+    waits for every reply.
+
+    Args:
+        url: Redis URL; defaults to ``TIMER_REDIS_URL``, else redis://localhost:6379/0. Ignored with ``store``.
+        namespace: key space; defaults to ``TIMER_REDIS_NAMESPACE``, else "default".
+        store: a ready TimerStore (for example on fakeredis) instead of ``url``.
+        settings: timer knobs; defaults to ``TimerSettings.from_env()``.
+        signal: signal sent to this process when one of its timers expires (default SIGKILL).
+        strict: wait for every reply.
+        pid: own the timers on behalf of another process of this node (default: the calling process).
+        clock: the clock ``expiration_time`` is read on (default ``time.time``).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        namespace: str | None = None,
+        *,
+        store: TimerStore | None = None,
+        settings: TimerSettings | None = None,
+        signal: int | str | None = None,
+        strict: bool | None = None,
+        pid: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if store is None:
+            settings = settings or TimerSettings.from_env(namespace=namespace, signal=signal)
+            store = TimerStore.from_url(url_from_env(url), settings=settings)
+        elif namespace is not None and namespace != store.keys.namespace:
+            raise InvalidArgumentError(f"namespace {namespace!r} differs from the store's {store.keys.namespace!r}")
+        self.store = store
+        self._signal = store.settings.signal if signal is None else signal
+        self._wait = store.settings.strict if strict is None else strict
+        if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid < 1):
+            raise InvalidArgumentError(f"pid must be a positive int, got {pid!r}")
+        self._fixed_pid = pid
+        self._clock = clock
+        self._worker_pid = -1
+        self._worker = ""
+
+    @property
+    def owner(self) -> Owner:
+        """The process this client's timers belong to (re-read after a fork)."""
+        pid = self._fixed_pid or os.getpid()
+        return Owner.of_pid(pid, self.store.settings.node)
+
+    def worker_id(self) -> str:
+        """The worker id of the owner, cached per process."""
+        pid = self._fixed_pid or os.getpid()
+        if pid != self._worker_pid:
+            self._worker = Owner.of_pid(pid, self.store.settings.node).worker_id
+            self._worker_pid = pid
+        return self._worker
+
+    def acquire(self, scope_id: str, expiration_time: float) -> None:
+        """Start (or replace) the timer of ``scope_id``, due at ``expiration_time`` on this client's clock.
+
+        Raises:
+            InvalidArgumentError: bad scope_id or expiration_time; nothing was written.
+            StoreUnavailableError: Redis could not be reached.
+        """
+        if isinstance(expiration_time, bool) or not isinstance(expiration_time, (int, float)):
+            raise InvalidArgumentError(f"expiration_time must be a number, got {expiration_time!r}")
+        if not math.isfinite(expiration_time):
+            raise InvalidArgumentError(f"expiration_time must be finite, got {expiration_time!r}")
+        ttl = max(expiration_time - self._clock(), MIN_TTL_SECONDS)
+        self.store.acquire(self.worker_id(), scope_id, ttl, signal=self._signal, wait=self._wait)
+
+    def acquire_for(self, scope_id: str, ttl: float) -> None:
+        """Start (or replace) the timer of ``scope_id``, due ``ttl`` seconds from now (no clock involved)."""
+        self.store.acquire(self.worker_id(), scope_id, ttl, signal=self._signal, wait=self._wait)
+
+    def release(self, scope_id: str) -> None:
+        """Stop the timer of ``scope_id``; a no-op if there is none."""
+        self.store.release(self.worker_id(), scope_id, wait=self._wait)
+
+    def flush(self) -> None:
+        """Wait until Redis has answered every call made so far; raise the first error among the replies."""
+        self.store.flush()

@@ -1,0 +1,86 @@
+"""Who a process is (node, pid, start time) and whether a pid still names that same process.
+
+A pid alone is not an identity: pids are recycled. The start time (clock ticks since boot, from
+``/proc/<pid>/stat``) makes the pair unique, so a watchdog never signals a stranger that inherited a pid.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from .keys import check_node, worker_id
+
+NODE_ENV = "TIMER_REDIS_NODE"
+
+
+@dataclass(frozen=True)
+class ProcessState:
+    """What /proc says of a pid right now."""
+
+    start_time: int
+    uid: int
+    zombie: bool
+
+
+def read_process(pid: int) -> ProcessState | None:
+    """The state of ``pid``, or None when no such process exists (or /proc cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            stat = stat_file.read()
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces or ")", so split after the last ")".
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return ProcessState(start_time=int(fields[19]), uid=uid, zombie=fields[0] in (b"Z", b"X"))
+
+
+def process_start_time(pid: int) -> int:
+    """Start time of ``pid`` in clock ticks since boot; 0 where /proc is not available."""
+    state = read_process(pid)
+    return state.start_time if state else 0
+
+
+def default_node() -> str:
+    """This process' signalling domain: ``TIMER_REDIS_NODE`` if set, else hostname + pid-namespace id.
+
+    Two containers on one host have different pid namespaces, hence different nodes: a pid means something
+    only inside its own pid namespace.
+    """
+    override = os.environ.get(NODE_ENV)
+    if override:
+        return check_node(override)
+    host = socket.gethostname().split(".")[0] or "localhost"
+    try:
+        namespace_link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+        namespace_id = namespace_link[namespace_link.index("[") + 1 : -1]
+    except (OSError, ValueError):
+        namespace_id = "0"
+    safe_host = "".join(ch if ch.isalnum() or ch in "_.-" else "-" for ch in host)
+    return check_node(f"{safe_host}-{namespace_id}")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process a timer belongs to, and the one a watchdog signals when it expires."""
+
+    node: str
+    pid: int
+    start_time: int
+
+    @property
+    def worker_id(self) -> str:
+        """The id used in Redis: "<node>:<pid>:<start time>"."""
+        return worker_id(self.node, self.pid, self.start_time)
+
+    @classmethod
+    def of_pid(cls, pid: int, node: str | None = None) -> Owner:
+        """The owner record of a process on this node (its start time read from /proc)."""
+        return cls(node=node or default_node(), pid=pid, start_time=process_start_time(pid))
+
+    @classmethod
+    def current(cls, node: str | None = None) -> Owner:
+        """The owner record of the calling process."""
+        return cls.of_pid(os.getpid(), node)

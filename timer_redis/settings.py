@@ -1,0 +1,115 @@
+"""TimerSettings: every default of timer_redis lives here, and how to read them from the environment."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from .errors import InvalidArgumentError
+from .keys import check_namespace
+
+DEFAULT_URL = "redis://localhost:6379/0"
+
+
+def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise InvalidArgumentError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def parse_signal(value: object) -> int:
+    """Turn 9, "9", "KILL", "SIGKILL" or signal.SIGKILL into a signal number.
+
+    Raises:
+        InvalidArgumentError: no such signal on this platform.
+    """
+    if isinstance(value, signal.Signals):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value)
+    elif isinstance(value, str):
+        name = value.strip().upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        member = getattr(signal.Signals, name, None)
+        if member is None:
+            raise InvalidArgumentError(f"unknown signal {value!r}")
+        return int(member)
+    else:
+        raise InvalidArgumentError(f"signal must be a number or a name like 'TERM', got {value!r}")
+    if number not in {int(s) for s in signal.Signals}:
+        raise InvalidArgumentError(f"unknown signal number {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class TimerSettings:
+    """Knobs of the timers themselves; the connection is a Redis URL (or a ready client), not fields here.
+
+    Args:
+        namespace: key space of the timers; clients and watchdogs must agree on it.
+        signal: sent to a worker whose timer expired (SIGKILL, like torch).
+        max_interval: longest a watchdog sleeps between passes when no deadline is nearer, seconds.
+        claim_batch: most timers one claim script looks at.
+        lease: seconds a delivery order may stay unacknowledged before another replica of the node takes it over.
+        events_maxlen: approximate length the events stream is capped at.
+        socket_timeout: seconds a Redis call may take before the client raises StoreUnavailableError.
+        strict: wait for every reply of acquire/release instead of reading it on the next call.
+        node: signalling domain of this process; None = hostname + pid namespace (process.py).
+    """
+
+    namespace: str = "default"
+    signal: int = int(signal.SIGKILL)
+    max_interval: float = 1.0
+    claim_batch: int = 1000
+    lease: float = 10.0
+    events_maxlen: int = 100_000
+    socket_timeout: float = 5.0
+    strict: bool = False
+    node: str | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        check_namespace(self.namespace)
+        object.__setattr__(self, "signal", parse_signal(self.signal))
+        for name in ("max_interval", "lease", "socket_timeout"):
+            _positive(name, getattr(self, name))
+        for name in ("claim_batch", "events_maxlen"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"{name} must be an int >= 1, got {value!r}")
+
+    def with_changes(self, **changes: object) -> TimerSettings:
+        """A copy with the given fields replaced (and checked again)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> TimerSettings:
+        """Read ``TIMER_REDIS_NAMESPACE``, ``TIMER_REDIS_SIGNAL``, ``TIMER_REDIS_NODE`` and
+        ``TIMER_REDIS_MAX_INTERVAL``; keyword arguments that are not None win over the environment."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        if env.get("TIMER_REDIS_NAMESPACE"):
+            values["namespace"] = env["TIMER_REDIS_NAMESPACE"]
+        if env.get("TIMER_REDIS_SIGNAL"):
+            values["signal"] = env["TIMER_REDIS_SIGNAL"]
+        if env.get("TIMER_REDIS_NODE"):
+            values["node"] = env["TIMER_REDIS_NODE"]
+        if env.get("TIMER_REDIS_MAX_INTERVAL"):
+            try:
+                values["max_interval"] = float(env["TIMER_REDIS_MAX_INTERVAL"])
+            except ValueError:
+                raise InvalidArgumentError(
+                    f"TIMER_REDIS_MAX_INTERVAL must be a number, got {env['TIMER_REDIS_MAX_INTERVAL']!r}"
+                ) from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def url_from_env(url: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The Redis URL to use: ``url`` if given, else ``TIMER_REDIS_URL``, else redis://localhost:6379/0."""
+    env = os.environ if environ is None else environ
+    return url or env.get("TIMER_REDIS_URL") or DEFAULT_URL

@@ -1,0 +1,239 @@
+"""Watchdog: one replica's claim loop and its node's delivery loop, sleeping until the next deadline.
+
+Claim globally, deliver locally: any replica claims due timers of any node (claim_expired.lua queues one order
+per reaped worker on the owner node's stream); each replica then reads its own node's stream as a consumer group
+and signals the owners, because a pid only means something on its own node.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from .delivery import DeliveryOrder, DeliveryResult, Outcome, SignalPolicy, deliver
+from .errors import StoreUnavailableError, TimerRedisError
+from .process import default_node
+from .settings import TimerSettings, url_from_env
+from .store import Claim, TimerStore
+
+log = logging.getLogger(__name__)
+
+Deliverer = Callable[[DeliveryOrder], DeliveryResult]
+# While Redis is unreachable a replica retries after 0.1 s, doubling up to this cap.
+MAX_BACKOFF_SECONDS = 5.0
+HEARTBEAT_SECONDS = 2.0
+
+
+@dataclass
+class PassResult:
+    """What one ``run_once()`` did."""
+
+    claimed: list[Claim] = field(default_factory=list)
+    delivered: list[tuple[DeliveryOrder, DeliveryResult]] = field(default_factory=list)
+    now_ms: int = 0
+    next_deadline_ms: int | None = None
+    backlog: bool = False
+
+
+class Watchdog:
+    """One watchdog replica: claims due timers of the namespace and signals the owners on its node.
+
+    Run it in a thread (``start()`` / ``stop()``) or as the main loop of a process (``run_forever()``); tests
+    drive ``run_once()``.
+
+    Args:
+        url: Redis URL (default ``TIMER_REDIS_URL``). Ignored with ``store``.
+        namespace: key space (default ``TIMER_REDIS_NAMESPACE`` or "default").
+        store: a ready TimerStore instead of ``url``.
+        max_interval: longest sleep between passes when no deadline is nearer, seconds.
+        batch_size: most timers claimed, and orders delivered, per round trip.
+        node: the node whose delivery orders this replica carries out (default: this process' node).
+        allowed_uids: signal only processes of these uids (default: any).
+        deliverer: turns an order into a result; default sends the signal (``delivery.deliver``). Benchmarks
+            pass a recorder.
+        lease: seconds before another replica takes over an order this one left unacknowledged.
+        rng: source of jitter (seed it in tests).
+        settings: timer knobs; the arguments above override them.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        namespace: str | None = None,
+        *,
+        store: TimerStore | None = None,
+        max_interval: float | None = None,
+        batch_size: int | None = None,
+        node: str | None = None,
+        allowed_uids: list[int] | frozenset[int] | None = None,
+        deliverer: Deliverer | None = None,
+        lease: float | None = None,
+        rng: random.Random | None = None,
+        settings: TimerSettings | None = None,
+    ) -> None:
+        base = store.settings if store is not None else (settings or TimerSettings.from_env(namespace=namespace))
+        self.settings = base.with_changes(
+            **{
+                k: v
+                for k, v in {"max_interval": max_interval, "claim_batch": batch_size, "lease": lease}.items()
+                if v is not None
+            }
+        )
+        if store is None:
+            store = TimerStore.from_url(url_from_env(url), settings=self.settings)
+        self.store = store
+        self.node = node or self.settings.node or default_node()
+        self.replica_id = f"{self.node}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.policy = SignalPolicy.limited_to(allowed_uids)
+        self._deliverer: Deliverer = deliverer or (lambda order: deliver(order, self.policy))
+        self._rng = rng or random.Random()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._group_ready = False
+        self._last_takeover = 0.0
+        self._last_heartbeat = 0.0
+        self._started_ms: int | None = None
+
+    # -- one pass ------------------------------------------------------------------------------------------------
+
+    def run_once(self) -> PassResult:
+        """Claim one batch of due timers, deliver this node's orders (taking over stale ones), and report.
+
+        Raises:
+            StoreUnavailableError: Redis could not be reached (``run_forever`` logs it and backs off).
+        """
+        if not self._group_ready:
+            self.store.ensure_delivery_group(self.node)
+            self._group_ready = True
+        batch = self.settings.claim_batch
+        claim = self.store.claim_expired(batch, self.replica_id)
+        result = PassResult(claimed=claim.claimed, now_ms=claim.now_ms, next_deadline_ms=claim.next_deadline_ms)
+        orders: list[DeliveryOrder] = self.store.read_deliveries(self.node, self.replica_id, batch)
+        if time.monotonic() - self._last_takeover >= self.settings.lease / 2:
+            self._last_takeover = time.monotonic()
+            lease_ms = int(self.settings.lease * 1000)
+            orders += self.store.take_over_deliveries(self.node, self.replica_id, lease_ms, batch)
+        result.delivered = [(order, self._deliver_one(order)) for order in orders]
+        self.store.finish_deliveries(result.delivered, self.replica_id)
+        # A full batch means more may be waiting: the next pass should not sleep.
+        result.backlog = len(claim.claimed) >= batch or len(orders) >= batch
+        return result
+
+    def _deliver_one(self, order: DeliveryOrder) -> DeliveryResult:
+        try:
+            outcome = self._deliverer(order)
+        except Exception as error:  # a broken deliverer must not stop the replica
+            log.exception("delivering %s failed", order.worker)
+            outcome = DeliveryResult(Outcome.FAILED, f"{type(error).__name__}: {error}")
+        sent_ms = int(time.time() * 1000)
+        log.info("%s %s scope=%s: %s", outcome.outcome.value, order.worker, order.scope_id, outcome.detail)
+        return DeliveryResult(outcome.outcome, outcome.detail, sent_ms=sent_ms)
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        """Loop over ``run_once()`` until ``stop()``: sleep until the earliest deadline or ``max_interval``,
+        wake early on a new earliest deadline or a delivery for this node, and ride out Redis outages."""
+        backoff = 0.1
+        pubsub: Any = None
+        # Replicas restarted together would otherwise all claim at the same instant; a short random first sleep
+        # spreads them. It is kept well under a second, because due timers wait for it.
+        self._stop.wait(self._rng.uniform(0, min(self.settings.max_interval, 0.2)))
+        try:
+            while not self._stop.is_set():
+                try:
+                    if pubsub is None:
+                        pubsub = self.store.subscribe_wake()  # subscribe before the pass, so no wake is missed
+                    self._heartbeat()
+                    result = self.run_once()
+                    backoff = 0.1
+                    if result.backlog:
+                        continue
+                    self._sleep(pubsub, self._sleep_seconds(result))
+                except StoreUnavailableError as error:
+                    log.warning("Redis unavailable (%s); retrying in %.1f s", error, backoff)
+                    _close_quietly(pubsub)
+                    pubsub = None
+                    self._stop.wait(backoff * self._rng.uniform(0.5, 1.5))
+                    backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                except TimerRedisError:
+                    log.exception("watchdog pass failed")
+                    self._stop.wait(backoff)
+        finally:
+            _close_quietly(pubsub)
+            with suppress(TimerRedisError):
+                self.store.forget_replica(self.replica_id)
+
+    def _sleep_seconds(self, result: PassResult) -> float:
+        # Polls at a fixed interval from many replicas line up and hit Redis together; jitter of +-50% spreads
+        # them. Sleeping to the earliest deadline needs no jitter: only one replica's claim will find anything.
+        seconds = self.settings.max_interval * self._rng.uniform(0.5, 1.5)
+        if result.next_deadline_ms is not None:
+            seconds = min(seconds, max(0.0, (result.next_deadline_ms - result.now_ms) / 1000))
+        return seconds
+
+    def _sleep(self, pubsub: Any, seconds: float) -> None:
+        """Wait ``seconds``, or less when a wake message is meant for this replica (or stop() was called)."""
+        end = time.monotonic() + seconds
+        wanted = (f"deliver {self.node}".encode(), f"stop {self.replica_id}".encode())
+        while not self._stop.is_set():
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                message = pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
+            except Exception as error:  # the pub/sub connection broke: report it as an outage
+                raise StoreUnavailableError(f"wake channel lost: {error}") from error
+            if message is None:
+                continue
+            data = message.get("data", b"")
+            if data.startswith(b"deadline") or data in wanted:
+                return
+
+    def _heartbeat(self) -> None:
+        if time.monotonic() - self._last_heartbeat < HEARTBEAT_SECONDS:
+            return
+        self._last_heartbeat = time.monotonic()
+        self.store.heartbeat(self.replica_id, self.node, started_ms=self._started_ms)
+        if self._started_ms is None:
+            self._started_ms = self.store.replicas()[self.replica_id]["started_ms"]
+
+    # -- thread control ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run ``run_forever()`` in a daemon thread."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run_forever, name=f"timer-redis-watchdog-{self.node}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop after the current pass (its deliveries are finished) and wait for the thread."""
+        self._stop.set()
+        # When Redis is down this fails, and the sleep ends by itself within max_interval.
+        with suppress(TimerRedisError):
+            self.store.publish_wake(f"stop {self.replica_id}")
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+
+def _close_quietly(pubsub: Any) -> None:
+    if pubsub is not None:
+        try:
+            pubsub.close()
+        except Exception:
+            log.debug("closing the wake subscription failed", exc_info=True)
