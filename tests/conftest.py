@@ -1,0 +1,77 @@
+"""Shared fixtures: a fakeredis store for unit tests, a real redis-server for integration tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+import redis
+
+from tests.redis_server import RedisServer
+from timer_redis import TimerStore
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark everything under tests/integration with `integration`."""
+    for item in items:
+        if "/integration/" in str(item.path).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def fake_redis() -> Iterator[fakeredis.FakeRedis]:
+    """A fresh in-memory Redis with Lua (lupa)."""
+    client = fakeredis.FakeRedis()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def store(fake_redis: fakeredis.FakeRedis) -> TimerStore:
+    """A TimerStore on fakeredis, namespace "test"."""
+    return TimerStore(fake_redis, "test")
+
+
+def _require_redis_server() -> None:
+    if shutil.which("redis-server") is None:
+        if IN_CI:
+            pytest.fail("redis-server is not on PATH, and CI=true forbids skipping the real-Redis tests")
+        pytest.skip("redis-server is not on PATH")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session, on a free port (never the shared 6379)."""
+    _require_redis_server()
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The URL of the session's redis-server, flushed before each test."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    yield redis_server.url
+
+
+@pytest.fixture
+def real_store(redis_url: str) -> Iterator[TimerStore]:
+    """A TimerStore on the real redis-server, namespace "test"."""
+    store = TimerStore.from_url(redis_url, "test")
+    yield store
+    store.redis.close()
+
+
+@pytest.fixture
+def own_redis_server() -> Iterator[RedisServer]:
+    """A redis-server of this test alone (AOF on), for tests that stop, kill or restart it."""
+    _require_redis_server()
+    with RedisServer(appendonly=True) as server:
+        yield server
