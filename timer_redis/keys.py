@@ -73,9 +73,14 @@ def parse_worker_id(worker: str) -> tuple[str, int, int]:
         InvalidArgumentError: ``worker`` is not of the form "<node>:<pid>:<start time>".
     """
     parts = worker.rsplit(":", 2) if isinstance(worker, str) else []
-    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+    if (
+        len(parts) != 3
+        or not parts[1].isdigit()
+        or not parts[2].isdigit()
+        or len(parts[0]) > MAX_NODE_LENGTH
+        or not _NODE_PATTERN.match(parts[0])
+    ):
         raise InvalidArgumentError(f"worker id must look like 'node:pid:start_time', got {worker!r}")
-    check_node(parts[0])
     return parts[0], int(parts[1]), int(parts[2])
 
 

@@ -132,6 +132,11 @@ def _describe_client(client: Any) -> str:
     return type(client).__name__
 
 
+def _is_missing_group(error: redis.ResponseError) -> bool:
+    """Redis says NOGROUP; fakeredis says the key must exist."""
+    return "NOGROUP" in str(error) or "requires the key to exist" in str(error)
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -519,7 +524,7 @@ class TimerStore:
             try:
                 reply = self.redis.xreadgroup(DELIVERY_GROUP, consumer, {key: ">"}, count=count)
             except redis.ResponseError as error:
-                if "NOGROUP" not in str(error):
+                if not _is_missing_group(error):
                     raise
                 self.ensure_delivery_group(node)
                 reply = self.redis.xreadgroup(DELIVERY_GROUP, consumer, {key: ">"}, count=count)
@@ -533,7 +538,7 @@ class TimerStore:
             try:
                 reply = self.redis.xautoclaim(key, DELIVERY_GROUP, consumer, min_idle_ms, "0-0", count=count)
             except redis.ResponseError as error:
-                if "NOGROUP" not in str(error):
+                if not _is_missing_group(error):
                     raise
                 return []
         return [self._order(entry_id, fields) for entry_id, fields in reply[1] if fields]

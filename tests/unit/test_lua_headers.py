@@ -1,0 +1,38 @@
+"""Every Lua script opens with the header contract, and its KEYS match what scripts.py passes."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+import pytest
+
+from timer_redis.scripts import KEY_COUNTS, SCRIPT_NAMES, script_source
+
+LUA_FILES = sorted(p.name for p in resources.files("timer_redis").joinpath("lua").iterdir() if p.name.endswith(".lua"))
+
+
+def test_every_lua_file_is_a_registered_script() -> None:
+    assert sorted(f"{name}.lua" for name in SCRIPT_NAMES) == LUA_FILES
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_header_names_file_keys_argv_returns(name: str) -> None:
+    lines = script_source(name).splitlines()
+    assert lines[0].startswith(f"-- {name}.lua: "), "first line names the file and says what it does"
+    header = [line for line in lines if line.startswith("--")]
+    key_numbers = [int(n) for n in re.findall(r"^-- KEYS\[(\d+)\]", "\n".join(header), re.M)]
+    assert key_numbers == list(range(1, KEY_COUNTS[name] + 1))
+    assert re.search(r"^-- ARGV\[1\]", "\n".join(header), re.M)
+    assert any(line.startswith("-- Returns") for line in header)
+    assert any(line.startswith("-- Errors") for line in header)
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_body_uses_named_locals_only(name: str) -> None:
+    """KEYS[i] and ARGV[i] are copied into named locals at the top and not used raw further down."""
+    body = [line for line in script_source(name).splitlines() if not line.startswith("--")]
+    raw_uses = [line for line in body if re.search(r"\b(KEYS|ARGV)\[", line) and not line.startswith("local ")]
+    # Error messages may echo the raw ARGV text, and finish_delivery passes ARGV[4..] on with unpack().
+    offending = [line for line in raw_uses if "error_reply" not in line]
+    assert offending == []
