@@ -150,7 +150,7 @@ def test_bad_scope_is_named_and_changes_nothing(store: TimerStore, scope_id: obj
 
 @pytest.mark.parametrize("owner", ["not-a-worker", "node:1", 42, None])
 def test_bad_owner_is_named(store: TimerStore, owner: object) -> None:
-    with pytest.raises(InvalidArgumentError, match="worker|owner"):
+    with pytest.raises(InvalidArgumentError, match=r"worker|owner"):
         store.acquire(owner, "s", 30)  # type: ignore[arg-type]
 
 

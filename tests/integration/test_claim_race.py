@@ -1,0 +1,51 @@
+"""Several watchdogs claiming at once against one real redis-server: every due timer is claimed exactly once."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+from tests.helpers import wait_until_due
+from timer_redis import Owner, TimerStore
+
+TIMERS = 3000
+CLAIMERS = 6
+
+
+def test_concurrent_claimers_claim_each_due_timer_once(redis_url: str) -> None:
+    loader = TimerStore.from_url(redis_url, "race")
+    # Each worker owns two timers, so "clear the worker's other timers" races with claiming them directly.
+    pipe = loader.redis.pipeline(transaction=False)
+    for index in range(TIMERS):
+        worker = Owner("node-a", 1000 + index // 2, 1).worker_id
+        script, keys, args = loader.scripts.acquire_args(loader.keys, worker, f"s{index % 2}", 1 + index % 50, 9)
+        script(keys, args, client=pipe)
+    last_deadline = max(deadline for deadline, _ in pipe.execute())
+    wait_until_due(loader, last_deadline)
+
+    claimed: list[list[str]] = [[] for _ in range(CLAIMERS)]
+    start = threading.Barrier(CLAIMERS)
+
+    def claim(slot: int) -> None:
+        store = TimerStore.from_url(redis_url, "race")  # one connection per claimer, like separate replicas
+        start.wait()
+        while True:
+            result = store.claim_expired(37, f"claimer-{slot}")
+            claimed[slot].extend(c.worker for c in result.claimed)
+            if not result.claimed:
+                return
+
+    threads = [threading.Thread(target=claim, args=(slot,)) for slot in range(CLAIMERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    counts = Counter(worker for per_claimer in claimed for worker in per_claimer)
+    assert len(counts) == TIMERS // 2, "every worker was reaped"
+    assert max(counts.values()) == 1, "no worker was reaped twice"
+    assert sum(1 for per_claimer in claimed if per_claimer) > 1, "the claimers really did race"
+    assert loader.count() == 0
+    orders = loader.redis.xlen(loader.keys.deliver("node-a"))
+    expired_events = [e for e in loader.events(10 * TIMERS) if e.type == "expired"]
+    assert orders == len(expired_events) == TIMERS // 2

@@ -1,0 +1,76 @@
+"""Worker bodies run in real child processes (multiprocessing, fork) by the integration tests."""
+
+from __future__ import annotations
+
+import time
+
+import timer_redis as timer
+
+
+def configure(url: str, namespace: str = "test") -> timer.RedisTimerClient:
+    client = timer.RedisTimerClient(url=url, namespace=namespace)
+    timer.configure(client)
+    return client
+
+
+def hang_in_block(url: str, after: float, sleep: float) -> None:
+    """Enter expires(after) and sleep longer: the watchdog should kill this process."""
+    configure(url)
+    with timer.expires(after=after):
+        time.sleep(sleep)
+
+
+def finish_in_time(url: str, after: float, sleep: float) -> None:
+    configure(url)
+    with timer.expires(after=after):
+        time.sleep(sleep)
+
+
+def recursive(url: str, depth: int) -> None:
+    """torch's test_get_timer_recursive `func`: nested blocks on one line share one timer, none overruns."""
+    configure(url)
+
+    def func(n: int) -> None:
+        if n > 0:
+            with timer.expires(after=0.1):
+                func(n - 1)
+                time.sleep(0.05)
+
+    func(depth)
+
+
+def recursive_overrun(url: str) -> None:
+    """torch's `func2`: the innermost block sleeps past the shared timer's deadline."""
+    configure(url)
+
+    def func2(n: int) -> None:
+        if n > 0:
+            with timer.expires(after=0.1):
+                func2(n - 1)
+        else:
+            time.sleep(0.2)
+
+    func2(4)
+
+
+def exit_without_release(url: str) -> None:
+    """Acquire a short timer and exit before it is due, without releasing it."""
+    client = configure(url)
+    client.acquire("left-behind", time.time() + 0.2)
+    client.flush()
+
+
+def many_blocks_then_exit(url: str, count: int) -> None:
+    """Run many short blocks on the fast path and return normally (no explicit flush)."""
+    configure(url)
+    for index in range(count):
+        with timer.expires(after=30, scope=f"block-{index % 7}"):
+            pass
+
+
+def skewed_clock_hang(url: str, skew: float, after: float) -> None:
+    """A worker whose clock is `skew` seconds off acquires `after` seconds ahead on that clock, then hangs."""
+    client = timer.RedisTimerClient(url=url, namespace="test", clock=lambda: time.time() + skew)
+    client.acquire("skewed", time.time() + skew + after)
+    client.flush()
+    time.sleep(30)
