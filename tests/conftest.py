@@ -23,6 +23,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
+_skipped_integration: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember integration tests that skipped, so CI can refuse to pass without them."""
+    if report.skipped and "integration" in report.keywords:
+        _skipped_integration.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI=true the real-Redis (and torch) tests must run: any skip among them fails the session."""
+    if IN_CI and _skipped_integration and exitstatus == 0:
+        skipped = len(_skipped_integration)
+        print(f"\nCI=true but {skipped} integration tests skipped:", *_skipped_integration, sep="\n  ")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture
 def fake_redis() -> Iterator[fakeredis.FakeRedis]:
     """A fresh in-memory Redis with Lua (lupa)."""
