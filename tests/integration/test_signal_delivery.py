@@ -85,3 +85,15 @@ def test_valid_timers_of_several_workers_stay(real_store: TimerStore) -> None:
         for child in children:
             child.kill()
             child.join()
+
+
+def test_one_expired_and_one_valid_timer_give_exactly_one_signal(
+    real_store: TimerStore, running_watchdog: Watchdog
+) -> None:
+    ready = fork.Event()
+    child = run(workers.count_terms_with_two_timers, real_store.url, ready, 0.6)
+    assert ready.wait(5)
+    child.join(15)
+    assert child.exitcode == 1, "exactly one SIGTERM"
+    assert real_store.list(worker=None) == [], "no timer of that worker is left"
+    assert events_of(real_store, child.pid or 0) == ["expired", "delivered"]

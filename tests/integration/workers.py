@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+from typing import Any
 
 import timer_redis as timer
 
@@ -74,3 +77,18 @@ def skewed_clock_hang(url: str, skew: float, after: float) -> None:
     client.acquire("skewed", time.time() + skew + after)
     client.flush()
     time.sleep(30)
+
+
+def count_terms_with_two_timers(url: str, ready: Any, quiet_period: float) -> None:
+    """Hold one valid and one short timer under SIGTERM; exit with the number of SIGTERMs received."""
+    received: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    client = timer.RedisTimerClient(url=url, namespace="test", signal="TERM", strict=True)
+    client.acquire("valid", time.time() + 60)
+    client.acquire("expiring", time.time() + 0.1)
+    ready.set()
+    deadline = time.monotonic() + 10
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(quiet_period)  # a second signal, if any, would arrive now
+    os._exit(len(received))
