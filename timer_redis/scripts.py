@@ -17,10 +17,10 @@ from redis.commands.core import Script
 from .errors import InvalidArgumentError, TimerRedisError, WrongTypeError
 from .keys import Keys
 
-SCRIPT_NAMES = ("acquire", "release", "release_worker", "claim_expired", "finish_delivery")
+SCRIPT_NAMES = ("acquire", "extend", "release", "release_worker", "claim_expired", "finish_delivery")
 
 # How many KEYS each script takes; test_lua_headers.py checks this against the headers.
-KEY_COUNTS = {"acquire": 2, "release": 2, "release_worker": 3, "claim_expired": 3, "finish_delivery": 2}
+KEY_COUNTS = {"acquire": 2, "extend": 1, "release": 2, "release_worker": 3, "claim_expired": 3, "finish_delivery": 2}
 
 ERROR_CODES: dict[str, type[TimerRedisError]] = {
     "BAD_ARG": InvalidArgumentError,
@@ -73,6 +73,12 @@ class Scripts:
         script, script_keys, args = self.acquire_args(keys, worker, scope_id, ttl_ms, signal)
         deadline_ms, is_earliest = script(script_keys, args, client=client)
         return int(deadline_ms), bool(is_earliest)
+
+    def extend(self, client: Any, keys: Keys, worker: str, scope_id: str, ttl_ms: int) -> int | None:
+        """Run extend.lua; returns the new deadline_ms, or None when the timer does not exist."""
+        script = self.by_name["extend"]
+        deadline_ms = script([keys.deadlines], [worker, scope_id, ttl_ms, keys.wake_channel], client=client)
+        return None if deadline_ms is None else int(deadline_ms)
 
     def release(self, client: Any, keys: Keys, worker: str, scope_id: str) -> bool:
         """Run release.lua; True when a timer was removed."""

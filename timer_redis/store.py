@@ -26,7 +26,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .delivery import DeliveryOrder, DeliveryResult
-from .errors import InvalidArgumentError, StoreUnavailableError, TimerRedisError, WrongTypeError
+from .errors import InvalidArgumentError, StoreUnavailableError, TimerNotFoundError, TimerRedisError, WrongTypeError
 from .keys import Keys, check_scope_id, parse_worker_id, split_member, timer_member
 from .process import Owner
 from .scripts import Scripts, domain_error
@@ -391,6 +391,27 @@ class TimerStore:
             return None
         with self.translated_errors():
             deadline_ms, _ = self.scripts.acquire(self.redis, self.keys, worker, scope_id, ttl_ms, signal_number)
+        return deadline_ms
+
+    def extend(self, owner: Owner | str, scope_id: str, ttl: float) -> int:
+        """Move the existing timer (owner, scope_id) to expire ``ttl`` seconds from now; unlike ``acquire`` it
+        never creates one, so a timer that was released or already claimed stays gone.
+
+        Returns:
+            The new deadline in ms on the server clock.
+
+        Raises:
+            TimerNotFoundError: there is no such timer.
+            InvalidArgumentError: bad ttl, scope_id or owner; nothing was written.
+        """
+        worker = self._worker(owner)
+        check_scope_id(scope_id)
+        ttl_ms = ttl_to_ms(ttl)
+        with self.translated_errors():
+            deadline_ms = self.scripts.extend(self.redis, self.keys, worker, scope_id, ttl_ms)
+        if deadline_ms is None:
+            member = timer_member(worker, scope_id)
+            raise TimerNotFoundError(f"no timer {member!r} in namespace {self.keys.namespace!r}")
         return deadline_ms
 
     def release(self, owner: Owner | str, scope_id: str, *, wait: bool = True) -> bool | None:

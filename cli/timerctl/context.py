@@ -166,13 +166,16 @@ class Seconds(click.ParamType):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             seconds = float(value)
         else:
-            match = _DURATION.match(str(value))
-            if match is None:
-                raise CliError(f"{_name(param)} must be a duration like 30, 1.5, 500ms, 2m or 1h, got {value!r}",
-                               EXIT_INVALID)  # fmt: skip
-            seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            try:
+                seconds = float(value)  # also "-1", "nan", "inf": refused below with the reason
+            except ValueError:
+                match = _DURATION.match(str(value))
+                if match is None:
+                    raise CliError(f"{_name(param)} must be a duration like 30, 1.5, 500ms, 2m or 1h, got {value!r}",
+                                   EXIT_INVALID) from None  # fmt: skip
+                seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         if not math.isfinite(seconds) or seconds <= 0:
-            raise CliError(f"{_name(param)} must be finite and > 0 seconds, got {value!r}", EXIT_INVALID)
+            raise CliError(f"{_name(param)} must be finite and > 0 seconds, got {value}", EXIT_INVALID)
         return seconds
 
 

@@ -1,0 +1,164 @@
+"""``timerctl run``: run a command under a timer, like timeout(1), but shared in Redis and visible to operators."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+from typing import Any
+
+import click
+
+from timer_redis import Owner, StoreUnavailableError, TimerNotFoundError, TimerRedisError, TimerStore
+from timer_redis.keys import MAX_SCOPE_BYTES, timer_member
+from timer_redis.settings import parse_signal
+
+from .context import EXIT_INVALID, SECONDS, CliError, CliState, format_duration, pass_state, warn
+
+# Like timeout(1) and the shells: the command could not be started.
+EXIT_CANNOT_EXECUTE = 126
+EXIT_COMMAND_NOT_FOUND = 127
+# Forwarded to the child while it runs. SIGINT is not: a terminal's Ctrl-C already reaches the child, which shares
+# timerctl's process group, so timerctl only ignores it and waits to release the timer.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--ttl", type=SECONDS, required=True, help="Seconds the command may run (between heartbeats, if any).")
+@click.option(
+    "--signal",
+    "signal_name",
+    default=None,
+    help="Signal the watchdog sends when the timer expires [default: KILL, env TIMER_REDIS_SIGNAL].",
+)
+@click.option(
+    "--heartbeat-every",
+    type=SECONDS,
+    default=None,
+    help="Push the deadline to now + ttl this often while the command runs, so it is killed only once timerctl "
+    "itself stops (crash, kill -9) and ttl has passed. Must be shorter than --ttl.",
+)
+@click.option("--scope", "scope_id", default=None, help="Timer name [default: 'run:' + the command line].")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_state
+def run(
+    state: CliState,
+    ttl: float,
+    signal_name: str | None,
+    heartbeat_every: float | None,
+    scope_id: str | None,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND under a timer owned by the command's process; exit with its exit status.
+
+    The timer is acquired right after the command starts and released when it exits. If it is still running when
+    the timer expires, a watchdog sends it --signal, and timerctl exits with 128 + the signal number, like a shell.
+    SIGTERM and SIGHUP sent to timerctl are passed on to the command. The command sees TIMERCTL_SCOPE and the
+    Redis URL and namespace in its environment, so from a shell script it can run
+    `timerctl extend "$TIMERCTL_SCOPE" --ttl 30` to push its own deadline.
+
+    Exit status: the command's; 126 or 127 when it cannot be started; 3-7 (see README) when the timer cannot be
+    set, in which case the command is killed before it does much.
+
+    \b
+    Examples:
+      timerctl run --ttl 30 -- ./train_step.sh --epoch 3
+      timerctl run --ttl 10m --signal TERM --heartbeat-every 1m -- rsync -a src/ dst/
+    """
+    store = state.store
+    signal_number = parse_signal(signal_name) if signal_name is not None else store.settings.signal
+    if heartbeat_every is not None and heartbeat_every >= ttl:
+        raise CliError(f"--heartbeat-every ({heartbeat_every:g}s) must be shorter than --ttl ({ttl:g}s)", EXIT_INVALID)
+    scope_id = scope_id or default_scope(command)
+    store.server_time_ms()  # fail before starting anything when Redis is unreachable
+    child = start(command, child_env(state, scope_id))
+    worker = Owner.of_pid(child.pid, store.settings.node).worker_id
+    try:
+        store.acquire(worker, scope_id, ttl, signal=signal_number)
+    except TimerRedisError:
+        child.kill()
+        child.wait()
+        raise
+    returncode = supervise(store, child, worker, scope_id, ttl, heartbeat_every)
+    try:
+        store.release(worker, scope_id)
+    except TimerRedisError as error:
+        # The exit status of the command matters more; the timer is dropped as owner-gone when it comes due.
+        warn(f"could not release timer {timer_member(worker, scope_id)!r}: {error}")
+    if returncode < 0:
+        returncode = 128 + report_signal_death(store, worker, scope_id, -returncode, ttl)
+    raise SystemExit(returncode)
+
+
+def default_scope(command: tuple[str, ...]) -> str:
+    """``run:<command line>``, cut to fit a scope_id."""
+    scope = "run:" + shlex.join(command)
+    while len(scope.encode()) > MAX_SCOPE_BYTES:
+        scope = scope[: len(scope) - 16]
+    return scope
+
+
+def child_env(state: CliState, scope_id: str) -> dict[str, str]:
+    """The command's environment: ours, plus where its timer lives (so nested timerctl calls find it)."""
+    return dict(
+        os.environ, TIMERCTL_SCOPE=scope_id, TIMER_REDIS_URL=state.url, TIMER_REDIS_NAMESPACE=state.store.keys.namespace
+    )
+
+
+def start(command: tuple[str, ...], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start the command (no shell), or exit 126/127 the way a shell would."""
+    try:
+        return subprocess.Popen(list(command), env=env)
+    except FileNotFoundError:
+        raise CliError(f"{command[0]}: command not found", EXIT_COMMAND_NOT_FOUND) from None
+    except PermissionError as error:
+        raise CliError(f"{command[0]}: cannot execute: {error.strerror}", EXIT_CANNOT_EXECUTE) from None
+
+
+def supervise(
+    store: TimerStore,
+    child: subprocess.Popen[bytes],
+    worker: str,
+    scope_id: str,
+    ttl: float,
+    heartbeat_every: float | None,
+) -> int:
+    """Wait for the child, forwarding signals and extending its timer every ``heartbeat_every`` seconds."""
+
+    def forward(signum: int, _frame: Any) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in FORWARDED_SIGNALS}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        while True:
+            try:
+                return child.wait(timeout=heartbeat_every)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                store.extend(worker, scope_id, ttl)
+            except TimerNotFoundError:
+                heartbeat_every = None  # already claimed by a watchdog: the signal is on its way
+            except StoreUnavailableError as error:
+                warn(f"heartbeat failed, will retry: {error}")
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def report_signal_death(store: TimerStore, worker: str, scope_id: str, signum: int, ttl: float) -> int:
+    """Say on stderr what killed the command, naming the watchdog when the timer's own kill was delivered."""
+    name = signal.Signals(signum).name if signum in signal.valid_signals() else str(signum)
+    try:
+        recent = store.events(count=200)
+    except TimerRedisError:
+        recent = []
+    by_watchdog = any(e.type == "delivered" and e.fields.get("worker") == worker for e in recent)
+    if by_watchdog:
+        warn(f"timer {scope_id!r} expired (ttl {format_duration(ttl * 1000)}): the watchdog sent {name}")
+    else:
+        warn(f"command killed by {name}")
+    return signum
