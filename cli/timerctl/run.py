@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import signal
@@ -75,7 +76,7 @@ def run(
     child = start(command, child_env(state, scope_id))
     worker = Owner.of_pid(child.pid, store.settings.node).worker_id
     try:
-        store.acquire(worker, scope_id, ttl, signal=signal_number)
+        deadline_ms = store.acquire(worker, scope_id, ttl, signal=signal_number)
     except TimerRedisError:
         child.kill()
         child.wait()
@@ -87,7 +88,9 @@ def run(
         # The exit status of the command matters more; the timer is dropped as owner-gone when it comes due.
         warn(f"could not release timer {timer_member(worker, scope_id)!r}: {error}")
     if returncode < 0:
-        returncode = 128 + report_signal_death(store, worker, scope_id, -returncode, ttl)
+        acquired_ms = (deadline_ms or 0) - math.ceil(ttl * 1000)
+        report_signal_death(store, worker, scope_id, -returncode, acquired_ms)
+        returncode = 128 - returncode
     raise SystemExit(returncode)
 
 
@@ -149,16 +152,18 @@ def supervise(
             signal.signal(signum, handler)
 
 
-def report_signal_death(store: TimerStore, worker: str, scope_id: str, signum: int, ttl: float) -> int:
-    """Say on stderr what killed the command, naming the watchdog when the timer's own kill was delivered."""
+def report_signal_death(store: TimerStore, worker: str, scope_id: str, signum: int, since_ms: int) -> None:
+    """Say on stderr what killed the command: its timer, when a watchdog claimed it (the ``expired`` event is
+    written in the same script as the claim, before any signal), or something else."""
     name = signal.Signals(signum).name if signum in signal.valid_signals() else str(signum)
     try:
-        recent = store.events(count=200)
+        since = store.events(count=10_000, after=f"{since_ms}-0")
     except TimerRedisError:
-        recent = []
-    by_watchdog = any(e.type == "delivered" and e.fields.get("worker") == worker for e in recent)
-    if by_watchdog:
-        warn(f"timer {scope_id!r} expired (ttl {format_duration(ttl * 1000)}): the watchdog sent {name}")
-    else:
+        since = []
+    expired = next((e for e in since if e.type == "expired" and e.fields.get("worker") == worker), None)
+    if expired is None:
         warn(f"command killed by {name}")
-    return signum
+        return
+    after_ms = int(expired.fields.get("deadline_ms", since_ms)) - since_ms
+    warn(f"timer {expired.fields.get('scope_id', scope_id)!r} expired after {format_duration(after_ms)}: "
+         f"a watchdog sent {name}")  # fmt: skip

@@ -102,7 +102,8 @@ def test_three_watchdog_services_kill_a_hung_worker(compose: dict[str, Any], red
             if worker.poll() is None:
                 worker.kill()
                 worker.wait()
-        delivered = [e for e in store.events() if e.type == "delivered"]
+        # The watchdog records the delivery just after the signal, so possibly after the worker's death is seen.
+        delivered = wait_for(lambda: [e for e in store.events() if e.type == "delivered"], what="the delivered event")
         assert len(delivered) == 1 and delivered[0].fields["pid"] == str(worker.pid)
     finally:
         for process in watchdogs:
