@@ -11,10 +11,14 @@ Example::
 
     watchdog = timer.Watchdog(url="redis://localhost:6379/0", max_interval=1.0)
     watchdog.start()                   # a thread; or watchdog.run_forever() / `timerctl watchdog` in a process
+
+Launched workers call ``timer.configure_from_env()`` instead (``TIMER_REDIS_*``). PyTorch adapters live in
+``timer_redis.torch`` and the asyncio client in ``timer_redis.asyncio``; neither is imported here.
 """
 
 from .api import TimerClient, TimerRequest, configure, expires, get_default_client
 from .client import RedisTimerClient
+from .config import configure_from_env
 from .delivery import DeliveryOrder, DeliveryResult, Outcome, SignalPolicy
 from .errors import (
     InvalidArgumentError,
@@ -54,6 +58,7 @@ __all__ = [
     "WrongTypeError",
     "__version__",
     "configure",
+    "configure_from_env",
     "expires",
     "get_default_client",
 ]

@@ -1,0 +1,236 @@
+"""An asyncio client: ``async with expires(after=...)`` on ``redis.asyncio``, same semantics as the sync one.
+
+Example::
+
+    from timer_redis import asyncio as atimer
+
+    client = atimer.AsyncRedisTimerClient(url="redis://localhost:6379/0")
+    atimer.configure(client)
+    async with atimer.expires(after=30):   # the whole process is signalled if this block hangs for 30 s
+        await handle(request)
+
+A timer belongs to the process, as with the sync client: a watchdog signals the process, not the task. The
+client runs the same Lua scripts as ``TimerStore`` (so the timers are the same records, claimed by the same
+watchdogs) and waits for every reply. A client is bound to the event loop it first runs on, like any
+``redis.asyncio`` client: make one per loop, and ``await client.aclose()`` at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .api import check_after
+from .client import MIN_TTL_SECONDS
+from .errors import InvalidArgumentError, StoreUnavailableError, WrongTypeError
+from .keys import Keys, check_scope_id
+from .process import Owner
+from .scripts import domain_error, script_source
+from .settings import TimerSettings, parse_signal, url_from_env
+from .store import mask_url, ttl_to_ms
+
+__all__ = ["AsyncRedisTimerClient", "configure", "expires", "get_default_client"]
+
+
+class AsyncRedisTimerClient:
+    """The async twin of ``RedisTimerClient``: ``await acquire(scope_id, expiration_time)``, ``await release()``.
+
+    Args:
+        url: Redis URL; defaults to ``TIMER_REDIS_URL``, else redis://localhost:6379/0. Ignored with ``redis``.
+        namespace: key space; defaults to ``TIMER_REDIS_NAMESPACE``, else "default".
+        redis_client: a ready ``redis.asyncio.Redis`` (``decode_responses=False``) instead of ``url``.
+        settings: timer knobs; defaults to ``TimerSettings.from_env()``.
+        signal: sent to this process when one of its timers expires (default SIGKILL).
+        pid: own the timers on behalf of another process of this node (default: the calling process).
+        clock: the clock ``expiration_time`` is read on (default ``time.time``).
+
+    Raises:
+        InvalidArgumentError: a bad URL, namespace, signal or pid.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        namespace: str | None = None,
+        *,
+        redis_client: aioredis.Redis | None = None,
+        settings: TimerSettings | None = None,
+        signal: int | str | None = None,
+        pid: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        settings = settings or TimerSettings.from_env(namespace=namespace)
+        if namespace is not None and namespace != settings.namespace:
+            settings = settings.with_changes(namespace=namespace)
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        if redis_client is None:
+            raw_url = url_from_env(url)
+            try:
+                redis_client = aioredis.Redis.from_url(
+                    raw_url,
+                    socket_timeout=settings.socket_timeout,
+                    socket_connect_timeout=settings.socket_timeout,
+                    retry=Retry(NoBackoff(), 1),
+                )
+            except ValueError as error:
+                raise InvalidArgumentError(f"bad Redis URL {mask_url(raw_url)!r}: {error}") from None
+            self.url = mask_url(raw_url)
+        else:
+            kwargs = redis_client.connection_pool.connection_kwargs
+            self.url = f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+        self.redis = redis_client
+        self._signal = settings.signal if signal is None else parse_signal(signal)
+        if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid < 1):
+            raise InvalidArgumentError(f"pid must be a positive int, got {pid!r}")
+        self._fixed_pid = pid
+        self._clock = clock
+        self._worker_pid = -1
+        self._worker = ""
+        self._acquire = redis_client.register_script(script_source("acquire"))
+        self._release = redis_client.register_script(script_source("release"))
+
+    @property
+    def owner(self) -> Owner:
+        """The process this client's timers belong to (re-read after a fork)."""
+        return Owner.of_pid(self._fixed_pid or os.getpid(), self.settings.node)
+
+    def worker_id(self) -> str:
+        """The worker id of the owner, cached per process."""
+        pid = self._fixed_pid or os.getpid()
+        if pid != self._worker_pid:
+            self._worker = Owner.of_pid(pid, self.settings.node).worker_id
+            self._worker_pid = pid
+        return self._worker
+
+    @asynccontextmanager
+    async def _translated_errors(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            raise StoreUnavailableError(f"Redis at {self.url} is unreachable: {error}") from error
+        except redis.ResponseError as error:
+            if "wrong kind of value" in str(error):
+                raise WrongTypeError(
+                    f"wrongtype: a key of namespace {self.keys.namespace!r} holds another Redis type than timer_redis "
+                    "uses"
+                ) from None
+            ours = domain_error(error)
+            if ours is not None:
+                raise ours from None
+            raise
+
+    async def acquire(self, scope_id: str, expiration_time: float) -> int:
+        """Start (or replace) the timer of ``scope_id``, due at ``expiration_time`` on this client's clock.
+
+        Returns:
+            The deadline in ms on the Redis clock.
+
+        Raises:
+            InvalidArgumentError: bad scope_id or expiration_time; nothing was written.
+            WrongTypeError: a key of the namespace holds another type; nothing was written.
+            StoreUnavailableError: Redis could not be reached.
+        """
+        if isinstance(expiration_time, bool) or not isinstance(expiration_time, (int, float)):
+            raise InvalidArgumentError(f"expiration_time must be a number, got {expiration_time!r}")
+        if not math.isfinite(expiration_time):
+            raise InvalidArgumentError(f"expiration_time must be finite, got {expiration_time!r}")
+        return await self.acquire_for(scope_id, max(expiration_time - self._clock(), MIN_TTL_SECONDS))
+
+    async def acquire_for(self, scope_id: str, ttl: float) -> int:
+        """Start (or replace) the timer of ``scope_id``, due ``ttl`` seconds from now; returns the deadline ms."""
+        check_scope_id(scope_id)
+        ttl_ms = ttl_to_ms(ttl)
+        worker = self.worker_id()
+        args: list[str | int] = [worker, scope_id, ttl_ms, self._signal, self.keys.wake_channel]
+        async with self._translated_errors():
+            reply = await self._acquire(keys=[self.keys.deadlines, self.keys.worker(worker)], args=args)
+        return int(reply[0])
+
+    async def release(self, scope_id: str) -> bool:
+        """Stop the timer of ``scope_id``; returns whether there was one (releasing none is a no-op).
+
+        Raises:
+            InvalidArgumentError: bad scope_id.
+            StoreUnavailableError: Redis could not be reached.
+        """
+        check_scope_id(scope_id)
+        worker = self.worker_id()
+        async with self._translated_errors():
+            removed = await self._release(keys=[self.keys.deadlines, self.keys.worker(worker)], args=[worker, scope_id])
+        return bool(removed)
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> AsyncRedisTimerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+_default_client: AsyncRedisTimerClient | None = None
+
+
+def configure(client: AsyncRedisTimerClient | None) -> None:
+    """Make ``client`` the one ``expires()`` uses when none is passed (None clears it)."""
+    global _default_client
+    _default_client = client
+
+
+def get_default_client() -> AsyncRedisTimerClient | None:
+    """The client set by ``configure()``, or None."""
+    return _default_client
+
+
+class expires:  # an async context manager class, named like torch's function
+    """Run a block under a countdown timer: ``async with expires(after=30): await step()``.
+
+    Same semantics as ``timer_redis.expires``: if the block does not finish within ``after`` seconds a watchdog
+    signals this process; the timer is released on every exit path (an exception, a cancellation); exceptions
+    propagate; the default scope is ``"<caller file>#<line>"``.
+
+    Args:
+        after: seconds, finite and > 0.
+        scope: names the timer; nested blocks with the same scope share one timer (the innermost release wins).
+        client: the AsyncRedisTimerClient; defaults to the one set with ``configure()``.
+
+    Raises:
+        RuntimeError: no client was passed or configured.
+        InvalidArgumentError: ``after`` is not a finite positive number.
+    """
+
+    __slots__ = ("_after", "_client", "_scope")
+
+    def __init__(self, after: float, scope: str | None = None, client: Any = None) -> None:
+        if client is None:
+            client = _default_client
+            if client is None:
+                raise RuntimeError("Configure timer client before using countdown timers.")
+        self._after = check_after(after)
+        self._client = client
+        if scope is None:
+            caller = sys._getframe(1)
+            scope = f"{caller.f_code.co_filename}#{caller.f_lineno}"
+        self._scope = scope
+
+    async def __aenter__(self) -> None:
+        await self._client.acquire(self._scope, time.time() + self._after)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self._client.release(self._scope)

@@ -1,0 +1,90 @@
+"""configure_from_env(): one call for launched workers, configured by the launcher through ``TIMER_REDIS_*``.
+
+A launcher (torchrun wrapper, Kubernetes spec, supervisor) sets the variables; every worker calls one function::
+
+    import timer_redis
+    timer_redis.configure_from_env()
+    with timer_redis.expires(after=30):
+        step()
+
+Never imports torch by itself: torch's own ``expires()`` is configured too only when torch was already imported
+by the program (a training script has), or when ``torch=True`` is passed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from .api import configure
+from .client import RedisTimerClient
+from .errors import InvalidArgumentError
+from .keys import check_node
+from .settings import TimerSettings, url_from_env
+
+# Read by configure_from_env(); TIMER_REDIS_MAX_INTERVAL is read too (by TimerSettings) but only watchdogs use it.
+ENV_VARIABLES = ("TIMER_REDIS_URL", "TIMER_REDIS_NAMESPACE", "TIMER_REDIS_NODE", "TIMER_REDIS_SIGNAL")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _strict_from_env(env: Mapping[str, str]) -> bool | None:
+    value = env.get("TIMER_REDIS_STRICT", "").strip().lower()
+    if not value:
+        return None
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise InvalidArgumentError(f"TIMER_REDIS_STRICT must be 1/0, true/false, yes/no or on/off, got {value!r}")
+
+
+def configure_from_env(environ: Mapping[str, str] | None = None, *, torch: bool | None = None) -> RedisTimerClient:
+    """Build a RedisTimerClient from the environment and make it the default client of ``expires()``.
+
+    Reads ``TIMER_REDIS_URL`` (default redis://localhost:6379/0), ``TIMER_REDIS_NAMESPACE`` (default "default"),
+    ``TIMER_REDIS_NODE`` (default: hostname + pid namespace), ``TIMER_REDIS_SIGNAL`` (default SIGKILL; a number
+    or a name such as ``TERM``) and ``TIMER_REDIS_STRICT`` (wait for every reply; default off).
+
+    Args:
+        environ: the variables to read (default ``os.environ``).
+        torch: also configure ``torch.distributed.elastic.timer`` so torch's own ``expires()`` uses this client.
+            None (default): only if torch is already imported in this process, so a service without torch never
+            pays for importing it; True: import torch (raises ImportError without it); False: never.
+
+    Returns:
+        The configured client; with torch configured, an instance of ``timer_redis.torch.RedisTimerClient``,
+        which is both our client and a torch ``TimerClient``.
+
+    Raises:
+        InvalidArgumentError: a variable holds a bad value (namespace, node, signal, URL).
+        ImportError: ``torch=True`` and torch (with torch.distributed) is not installed.
+    """
+    env = os.environ if environ is None else environ
+    settings = TimerSettings.from_env(env)
+    if settings.node is not None:
+        check_node(settings.node)  # fail here, not at the first acquire
+    url = url_from_env(None, env)
+    strict = _strict_from_env(env)
+    use_torch = "torch" in sys.modules if torch is None else torch
+    client: RedisTimerClient | None = None
+    torch_api: Any = None
+    if use_torch:
+        try:
+            torch_api = importlib.import_module("torch.distributed.elastic.timer.api")
+            adapters = importlib.import_module("timer_redis.torch")
+        except ImportError:
+            if torch:
+                raise
+            torch_api = None
+        else:
+            client = adapters.RedisTimerClient(url=url, settings=settings, strict=strict)
+    if client is None:
+        client = RedisTimerClient(url=url, settings=settings, strict=strict)
+    configure(client)
+    if torch_api is not None:
+        torch_api.configure(client)
+    return client
