@@ -392,7 +392,8 @@ def show(state: CliState, timer: str, scope_id: str | None) -> None:
     if info is None:
         raise TimerNotFoundError(f"no timer {timer_member(timer, scope_id)!r} in namespace {store.keys.namespace!r}")
     now_ms = store.server_time_ms()
-    data = {"id": timer_member(info.worker, info.scope_id), **info.as_dict(now_ms), "owner": owner_state(info)}
+    owner = owner_state(info, store.settings.node or default_node())
+    data = {"id": timer_member(info.worker, info.scope_id), **info.as_dict(now_ms), "owner": owner}
     if state.json_output:
         emit_json(data)
         return
@@ -403,10 +404,10 @@ def show(state: CliState, timer: str, scope_id: str | None) -> None:
         click.echo(f"{key:<13} {shown}")
 
 
-def owner_state(info: TimerInfo) -> str:
+def owner_state(info: TimerInfo, this_node: str) -> str:
     """``running`` or ``gone`` for a process of this node (pid and start time checked), else ``other-node``."""
     node, pid, start_time = parse_worker_id(info.worker)
-    if node != default_node():
+    if node != this_node:
         return "other-node"
     process = read_process(pid)
     return "running" if process is not None and not process.zombie and process.start_time == start_time else "gone"

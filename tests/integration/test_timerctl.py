@@ -142,6 +142,19 @@ def test_debug_shows_the_traceback(redis_url: str) -> None:
     assert result.returncode == 1 and "Traceback" in result.stderr and "StoreUnavailableError" in result.stderr
 
 
+def test_events_follow_streams_like_tail_f_until_sigint(redis_url: str, real_store: TimerStore) -> None:
+    process = start_timerctl(redis_url, "events", "--follow", "--json", "-n", "0")
+    # Once it waits in XREAD, every event from now on is one it must print.
+    wait_for(lambda: any(c["cmd"] == "xread" for c in real_store.redis.client_list()), timeout=10, what="XREAD")
+    real_store.acquire("node:1:1", "first", 30)
+    real_store.release_worker("node:1:1", reason="test")
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert json.loads(line)["type"] == "released"
+    returncode, _ = stop(process, signal.SIGINT)
+    assert returncode == 0
+
+
 def test_watchdog_kills_a_hung_worker_and_stops_on_sigterm(
     redis_url: str, real_store: TimerStore, watchdog_process: subprocess.Popen[str]
 ) -> None:
