@@ -280,22 +280,22 @@ def resolve_worker(store: TimerStore, pid: int | None, worker: str | None) -> st
     return Owner.of_pid(pid, store.settings.node).worker_id
 
 
-def timer_dict(worker: str, scope_id: str, deadline_ms: int, now_ms: int | None = None) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "id": timer_member(worker, scope_id),
-        "worker": worker,
-        "scope_id": scope_id,
-        "deadline_ms": deadline_ms,
-    }
-    if now_ms is not None:
-        data["remaining_ms"] = deadline_ms - now_ms
-    return data
+def timer_dict(worker: str, scope_id: str, deadline_ms: int) -> dict[str, Any]:
+    """The ``--json`` reply of acquire and extend."""
+    return {"id": timer_member(worker, scope_id), "worker": worker, "scope_id": scope_id, "deadline_ms": deadline_ms}
+
+
+def no_such_timer(store: TimerStore, worker: str, scope_id: str) -> TimerNotFoundError:
+    """The error of a command that names a timer that does not exist (exit 4)."""
+    return TimerNotFoundError(f"no timer {timer_member(worker, scope_id)!r} in namespace {store.keys.namespace!r}")
 
 
 @cli.command()
 @click.argument("scope_id", metavar="SCOPE")
 @click.option("--ttl", type=SECONDS, required=True, help="Seconds until it expires: 30, 1.5, 500ms, 2m, 1h.")
-@click.option("--signal", "signal_name", default=None, help="Signal sent when it expires [default: KILL].")
+@click.option(
+    "--signal", "signal_name", default=None, help="Signal sent when it expires [default: KILL, env TIMER_REDIS_SIGNAL]."
+)
 @owner_options
 @json_option
 @pass_state
@@ -336,9 +336,7 @@ def release(state: CliState, scope_id: str, missing_ok: bool, pid: int | None, w
     owner = resolve_worker(state.store, pid, worker)
     released = bool(state.store.release(owner, scope_id))
     if not released and not missing_ok:
-        raise TimerNotFoundError(
-            f"no timer {timer_member(owner, scope_id)!r} in namespace {state.store.keys.namespace!r}"
-        )
+        raise no_such_timer(state.store, owner, scope_id)
     if state.json_output:
         emit_json({"id": timer_member(owner, scope_id), "worker": owner, "scope_id": scope_id, "released": released})
     elif released:
@@ -390,7 +388,7 @@ def show(state: CliState, timer: str, scope_id: str | None) -> None:
     store = state.store
     info = store.get(timer, scope_id)
     if info is None:
-        raise TimerNotFoundError(f"no timer {timer_member(timer, scope_id)!r} in namespace {store.keys.namespace!r}")
+        raise no_such_timer(store, timer, scope_id)
     now_ms = store.server_time_ms()
     owner = owner_state(info, store.settings.node or default_node())
     data = {"id": timer_member(info.worker, info.scope_id), **info.as_dict(now_ms), "owner": owner}
