@@ -22,24 +22,25 @@ if not ttl_ms or ttl_ms < 1 or ttl_ms ~= ttl_ms or ttl_ms == math.huge then
   return redis.error_reply('BAD_ARG ttl_ms ' .. ARGV[3])
 end
 if not signal or signal < 1 then return redis.error_reply('BAD_ARG signal ' .. ARGV[4]) end
-for _, key_and_type in ipairs({{deadlines_key, 'zset'}, {worker_key, 'hash'}}) do
-  local found = redis.call('TYPE', key_and_type[1])['ok']
-  if found ~= 'none' and found ~= key_and_type[2] then
-    return redis.error_reply('WRONGTYPE ' .. key_and_type[1] .. ' holds a ' .. found .. ', not a ' .. key_and_type[2])
-  end
+-- No TYPE checks up front (they cost as much as the rest): a key of another type fails the first command on it,
+-- and that command is a read (deadlines) or the first write (worker), so nothing has changed when it is reported.
+local earliest = redis.pcall('ZRANGE', deadlines_key, 0, 0, 'WITHSCORES')
+if earliest.err then
+  local found = redis.call('TYPE', deadlines_key)['ok']
+  return redis.error_reply('WRONGTYPE ' .. deadlines_key .. ' holds a ' .. found .. ', not a zset')
 end
-
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local deadline_ms = now_ms + math.floor(ttl_ms)
-local earliest = redis.call('ZRANGE', deadlines_key, 0, 0, 'WITHSCORES')
-
-redis.call('ZADD', deadlines_key, deadline_ms, worker .. '|' .. scope_id)
-redis.call('HSET', worker_key, scope_id, now_ms, '', signal)
-
-local is_earliest = 0
-if #earliest == 0 or deadline_ms < tonumber(earliest[2]) then
-  is_earliest = 1
-  redis.call('PUBLISH', wake_channel, 'deadline ' .. string.format('%d', deadline_ms))
+local stored = redis.pcall('HSET', worker_key, scope_id, now_ms, '', signal)
+if type(stored) == 'table' then
+  local found = redis.call('TYPE', worker_key)['ok']
+  return redis.error_reply('WRONGTYPE ' .. worker_key .. ' holds a ' .. found .. ', not a hash')
 end
-return {deadline_ms, is_earliest}
+local deadline_ms = now_ms + math.floor(ttl_ms)
+redis.call('ZADD', deadlines_key, deadline_ms, worker .. '|' .. scope_id)
+
+if earliest[2] == nil or deadline_ms < tonumber(earliest[2]) then
+  redis.call('PUBLISH', wake_channel, 'deadline ' .. string.format('%d', deadline_ms))
+  return {deadline_ms, 1}
+end
+return {deadline_ms, 0}

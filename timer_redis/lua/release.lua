@@ -12,15 +12,20 @@ local worker = ARGV[1]
 local scope_id = ARGV[2]
 
 if scope_id == '' then return redis.error_reply('BAD_ARG scope_id ' .. scope_id) end
-for _, key_and_type in ipairs({{deadlines_key, 'zset'}, {worker_key, 'hash'}}) do
-  local found = redis.call('TYPE', key_and_type[1])['ok']
-  if found ~= 'none' and found ~= key_and_type[2] then
-    return redis.error_reply('WRONGTYPE ' .. key_and_type[1] .. ' holds a ' .. found .. ', not a ' .. key_and_type[2])
-  end
+-- No TYPE checks up front (see acquire.lua): HLEN is a read and ZREM the first write, so a key of another type
+-- is reported before anything changed.
+local fields = redis.pcall('HLEN', worker_key)
+if type(fields) == 'table' then
+  local found = redis.call('TYPE', worker_key)['ok']
+  return redis.error_reply('WRONGTYPE ' .. worker_key .. ' holds a ' .. found .. ', not a hash')
 end
-
-local removed = redis.call('ZREM', deadlines_key, worker .. '|' .. scope_id)
-redis.call('HDEL', worker_key, scope_id)
--- Only the signal field left: the worker has no timers, so drop its hash.
-if redis.call('HLEN', worker_key) <= 1 then redis.call('DEL', worker_key) end
+local removed = redis.pcall('ZREM', deadlines_key, worker .. '|' .. scope_id)
+if type(removed) == 'table' then
+  local found = redis.call('TYPE', deadlines_key)['ok']
+  return redis.error_reply('WRONGTYPE ' .. deadlines_key .. ' holds a ' .. found .. ', not a zset')
+end
+if fields > 0 then
+  -- Only the signal field left: the worker has no timers, so drop its hash.
+  if fields - redis.call('HDEL', worker_key, scope_id) <= 1 then redis.call('DEL', worker_key) end
+end
 return removed
