@@ -101,8 +101,10 @@ class Scripts:
         return reply
 
     def finish_delivery(
-        self, client: Any, keys: Keys, node: str, group: str, entry_id: str, maxlen: int, event: Sequence[str]
-    ) -> Any:
-        """Run finish_delivery.lua; returns 1 when this call acknowledged the order (or queues it on a pipeline)."""
+        self, client: Any, keys: Keys, node: str, group: str, maxlen: int, replica: str, orders: Sequence[Any]
+    ) -> list[bool]:
+        """Run finish_delivery.lua on a batch of orders of one node (11 values each, see the script's header);
+        returns per order whether this call acknowledged it."""
         script = self.by_name["finish_delivery"]
-        return script([keys.deliver(node), keys.events], [group, entry_id, maxlen, *event], client=client)
+        reply = script([keys.deliver(node), keys.events], [group, maxlen, replica, *orders], client=client)
+        return [flag == ord("1") for flag in (reply.encode() if isinstance(reply, str) else reply)]

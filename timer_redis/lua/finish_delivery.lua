@@ -1,21 +1,26 @@
--- finish_delivery.lua: acknowledge one delivery order and record its outcome, once.
+-- finish_delivery.lua: acknowledge a batch of delivery orders and record each outcome, once.
 -- KEYS[1] deliver    stream  the node's delivery orders, read through consumer group ARGV[1]
 -- KEYS[2] events     stream  audit trail, capped with MAXLEN ~
 -- ARGV[1] group      consumer group of the node's watchdogs
--- ARGV[2] entry_id   stream id of the order
--- ARGV[3] maxlen     int > 0, approximate cap of the events stream
--- ARGV[4..] event    field, value, ... of the outcome event ("type" first: delivered, owner-gone, refused,
---                    signal-failed)
--- Returns  1 when this call acknowledged the order, 0 when another replica already had (no event is written then)
--- Errors   "WRONGTYPE <key> <type>" when a key holds another type
--- Events   the outcome event given in ARGV[4..]
+-- ARGV[2] maxlen     int > 0, approximate cap of the events stream
+-- ARGV[3] replica    id of the finishing replica, recorded in each event
+-- ARGV[4..] orders   11 values per order: entry_id, outcome (the event type: delivered, owner-gone, refused,
+--                    signal-failed), worker, scope_id, pid, signal, deadline_ms, claimed_ms, claimer, detail,
+--                    sent_ms ('' = no signal was sent)
+-- Returns  a string of one character per order: "1" when this call acknowledged it, "0" when another replica
+--          already had (no event is written then)
+-- Errors   "BAD_ARG orders" when ARGV[4..] is not a whole number of orders; "WRONGTYPE <key> <type>"
+-- Events   one outcome event per acknowledged order: type, worker, scope_id, pid, signal, deadline_ms, claimed_ms,
+--          claimer, replica, detail, and sent_ms and lag_ms when a signal was sent
 local deliver_key = KEYS[1]
 local events_key = KEYS[2]
 local group = ARGV[1]
-local entry_id = ARGV[2]
-local maxlen = ARGV[3]
-local unpack = unpack or table.unpack  -- Lua 5.1 in Redis, 5.4 under lupa
+local maxlen = ARGV[2]
+local replica = ARGV[3]
+local args = ARGV
+local per_order = 11
 
+if (#args - 3) % per_order ~= 0 then return redis.error_reply('BAD_ARG orders ' .. (#args - 3)) end
 for _, key_and_type in ipairs({{deliver_key, 'stream'}, {events_key, 'stream'}}) do
   local found = redis.call('TYPE', key_and_type[1])['ok']
   if found ~= 'none' and found ~= key_and_type[2] then
@@ -23,10 +28,47 @@ for _, key_and_type in ipairs({{deliver_key, 'stream'}, {events_key, 'stream'}})
   end
 end
 
-local acknowledged = redis.call('XACK', deliver_key, group, entry_id)
-if acknowledged == 1 then
-  -- A finished order is of no further use; the audit trail keeps its outcome.
-  redis.call('XDEL', deliver_key, entry_id)
-  redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, 4))
+local acknowledged = {}
+local any = false
+for i = 4, #args, per_order do
+  local entry_id = args[i]
+  local done = redis.call('XACK', deliver_key, group, entry_id)
+  acknowledged[#acknowledged + 1] = done == 1 and '1' or '0'
+  if done == 1 then
+    any = true
+    local sent_ms = args[i + 10]
+    if sent_ms == '' then
+      redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'type', args[i + 1], 'worker', args[i + 2],
+        'scope_id', args[i + 3], 'pid', args[i + 4], 'signal', args[i + 5], 'deadline_ms', args[i + 6],
+        'claimed_ms', args[i + 7], 'claimer', args[i + 8], 'replica', replica, 'detail', args[i + 9])
+    else
+      redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'type', args[i + 1], 'worker', args[i + 2],
+        'scope_id', args[i + 3], 'pid', args[i + 4], 'signal', args[i + 5], 'deadline_ms', args[i + 6],
+        'claimed_ms', args[i + 7], 'claimer', args[i + 8], 'replica', replica, 'detail', args[i + 9],
+        'sent_ms', sent_ms, 'lag_ms', string.format('%d', tonumber(sent_ms) - tonumber(args[i + 6])))
+    end
+  end
 end
-return acknowledged
+
+-- A finished order is of no further use (the audit trail keeps its outcome). Every order older than the oldest
+-- one still pending has been read and finished, and with none pending so has every order up to the newest one
+-- just acknowledged; orders not read yet are newer than both. One trim drops them all, far cheaper than XDEL.
+if any then
+  local pending = redis.call('XPENDING', deliver_key, group)
+  local below
+  if tonumber(pending[1]) > 0 then
+    below = pending[2]
+  else
+    local newest_ms, newest_seq
+    for i = 4, #args, per_order do
+      local ms, seq = string.match(args[i], '^(%d+)-(%d+)$')
+      ms, seq = tonumber(ms), tonumber(seq)
+      if ms and (not newest_ms or ms > newest_ms or (ms == newest_ms and seq > newest_seq)) then
+        newest_ms, newest_seq = ms, seq
+      end
+    end
+    if newest_ms then below = string.format('%d-%d', newest_ms, newest_seq + 1) end
+  end
+  if below then redis.call('XTRIM', deliver_key, 'MINID', below) end
+end
+return table.concat(acknowledged)
