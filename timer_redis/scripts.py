@@ -17,10 +17,26 @@ from redis.commands.core import Script
 from .errors import InvalidArgumentError, TimerRedisError, WrongTypeError
 from .keys import Keys
 
-SCRIPT_NAMES = ("acquire", "extend", "release", "release_worker", "claim_expired", "finish_delivery")
+SCRIPT_NAMES = (
+    "acquire",
+    "extend",
+    "release",
+    "release_worker",
+    "claim_expired",
+    "finish_delivery",
+    "forget_idle_consumers",
+)
 
 # How many KEYS each script takes; test_lua_headers.py checks this against the headers.
-KEY_COUNTS = {"acquire": 2, "extend": 1, "release": 2, "release_worker": 3, "claim_expired": 3, "finish_delivery": 2}
+KEY_COUNTS = {
+    "acquire": 2,
+    "extend": 1,
+    "release": 2,
+    "release_worker": 3,
+    "claim_expired": 3,
+    "finish_delivery": 2,
+    "forget_idle_consumers": 1,
+}
 
 ERROR_CODES: dict[str, type[TimerRedisError]] = {
     "BAD_ARG": InvalidArgumentError,
@@ -108,3 +124,8 @@ class Scripts:
         script = self.by_name["finish_delivery"]
         reply = script([keys.deliver(node), keys.events], [group, maxlen, replica, *orders], client=client)
         return [flag == ord("1") for flag in (reply.encode() if isinstance(reply, str) else reply)]
+
+    def forget_idle_consumers(self, client: Any, keys: Keys, node: str, group: str, min_idle_ms: int, keep: str) -> int:
+        """Run forget_idle_consumers.lua; returns how many consumers were deleted."""
+        script = self.by_name["forget_idle_consumers"]
+        return int(script([keys.deliver(node)], [group, min_idle_ms, keep], client=client))

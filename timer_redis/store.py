@@ -11,10 +11,13 @@ import atexit
 import json
 import math
 import os
+import select
+import socket
 import sys
 import threading
+import time
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -33,8 +36,17 @@ from .scripts import Scripts, domain_error
 from .settings import TimerSettings, parse_signal
 
 DELIVERY_GROUP = "watchdogs"
+# A replica whose last heartbeat is older than this is not live (the watchdog beats every 2 s).
+REPLICA_TIMEOUT_SECONDS = 10.0
+# A replica that stopped beating (a clean stop removes its entry at once; a killed one cannot) is listed as not
+# live this long, then its entry is deleted by the next heartbeat of any replica.
+FORGET_REPLICA_SECONDS = 60.0
+# stats() counts unread orders one by one only when Redis cannot tell the group's lag; at most this many.
+UNDELIVERED_COUNT_LIMIT = 100_000
 # The fast path reads replies lazily; past this many unread replies it waits for them, so memory stays bounded.
 MAX_UNREAD_REPLIES = 256
+# Workers whose packed fast-path commands a store keeps (a client has one worker per process).
+MAX_CACHED_WORKERS = 256
 # Most orders acknowledged by one finish_delivery.lua call (11 arguments each).
 FINISH_BATCH = 500
 
@@ -156,92 +168,451 @@ def ttl_to_ms(ttl: object) -> int:
     return max(1, math.ceil(ttl * 1000))
 
 
+def _bulk(value: Any) -> bytes:
+    data = value if isinstance(value, bytes) else str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+# Lines of a successful reply, counted to find where each reply ends without parsing it: acquire.lua answers
+# "*2", deadline, flag; release.lua one integer; SCRIPT LOAD "$40" and the sha. An error reply is one line too, but
+# it starts with "-", which no successful reply of these holds (their integers are never negative).
+ACQUIRE_REPLY_LINES = 3
+RELEASE_REPLY_LINES = 1
+SCRIPT_LOAD_REPLY_LINES = 2
+# Reading what has arrived costs a poll() and a read(). A hot loop reads every READ_EVERY calls; any call that comes
+# READ_AFTER seconds or more after the last read reads first, so a slow loop sees an error on its next call.
+READ_EVERY = 16
+READ_AFTER = 0.001
+# Scope ids whose encoding a worker keeps (the default scopes of a program are a few "<file>#<line>").
+MAX_CACHED_SCOPES = 4096
+
+
+class _Sent:
+    """One command on the fast path, kept until its reply has been read."""
+
+    __slots__ = ("lines", "packed", "sent_at", "superseded")
+
+    def __init__(self, lines: int, packed: bytes, sent_at: float) -> None:
+        self.lines = lines
+        self.packed = packed
+        self.sent_at = sent_at
+        self.superseded = False  # sent again after a NOSCRIPT: this copy's reply no longer counts
+
+
+def _reply_end(buffer: bytes, start: int) -> tuple[int, bytes | None]:
+    """Where the RESP reply at ``start`` ends (-1: not all there yet), and its error message if it is an error."""
+    line_end = buffer.find(b"\r\n", start)
+    if line_end < 0:
+        return -1, None
+    kind = buffer[start : start + 1]
+    if kind == b"-":
+        return line_end + 2, buffer[start + 1 : line_end]
+    if kind in (b"$", b"=", b"!"):
+        size = int(buffer[start + 1 : line_end])
+        end = line_end + 2 + (size + 2 if size >= 0 else 0)
+        return (end if end <= len(buffer) else -1), None
+    if kind in (b"*", b"~", b">", b"%", b"|"):
+        count = int(buffer[start + 1 : line_end]) * (2 if kind in (b"%", b"|") else 1)
+        position = line_end + 2
+        for _ in range(max(count, 0)):
+            position, _error = _reply_end(buffer, position)
+            if position < 0:
+                return -1, None
+        return position, None
+    return line_end + 2, None  # + : , # _ ( and the like: one line
+
+
 class _UnreadReplies:
     """Sends acquire/release on a dedicated connection without waiting, and reads the replies later.
 
     The command reaches the socket in the caller's thread before the call returns (so a hang that starts right
-    after still has its timer), but the round trip is not awaited: replies are read when they are already there,
-    before each later send, and all at once by ``flush()``. A failed reply raises on the next call. A command
-    whose reply was never read is sent again after a reconnect: acquire and release are idempotent.
+    after still has its timer), but the round trip is not awaited: replies are read when they are already there
+    (every ``READ_EVERY`` calls, and on any call ``READ_AFTER`` after the last read), and all at once by
+    ``flush()``. A failed reply raises on a later call. ``wait=True`` (strict mode) reads every reply up to its
+    own before returning.
+
+    On a plain TCP or unix socket the commands come packed by ``_WorkerCommands`` and go out with one ``write()``
+    each; replies are read with ``poll()`` + ``read()`` and split by counting lines, because only an error reply
+    needs parsing. Any other connection (TLS, fakeredis) goes through redis-py's connection methods.
+
+    When the server lost its scripts (NOSCRIPT), they are loaded again on this connection and the command is sent
+    again together with every later one still unanswered, in order, so a release never runs before its acquire.
+
+    When Redis goes away:
+
+    - A connection found closed (Redis restarted, or dropped an idle client) is replaced at once, and every command
+      whose reply was not read is sent again on the new one, in order: a closed connection runs nothing more, and
+      acquire and release may run twice. If no new connection can be made, the call raises StoreUnavailableError
+      and its own command is dropped, so a call that raised never takes effect later; the earlier unanswered ones
+      are sent with the next connection.
+    - A reply still missing ``socket_timeout`` after its command was sent (Redis hung, or the network lost the
+      connection silently) makes the next call that reads raise StoreUnavailableError, and the connection is
+      dropped. Those commands are not sent again: a hung Redis may still run them when it resumes, and sending them
+      again on another connection could run an acquire after its own release.
     """
 
     def __init__(self, store: TimerStore) -> None:
         self._store = store
         self._lock = threading.Lock()
-        self._connection: Any = None
-        self._unread: deque[tuple[Any, list[str], list[Any]]] = deque()
+        self._unread: deque[_Sent] = deque()
+        self._forget_connection()
         _LIVE_WRITERS.add(self)
+
+    def _forget_connection(self) -> None:
+        self._connection: Any = None
+        self._socket: Any = None
+        self._fd = -1  # >= 0: the raw path is in use on this file descriptor
+        self._poll: Any = None
+        self._received = b""
+        self._last_read = 0.0
 
     def forget_after_fork(self) -> None:
         """In a forked child: the connection and its replies belong to the parent, so drop them unread."""
         self._lock = threading.Lock()
-        self._connection = None
+        self._forget_connection()
         self._unread.clear()
 
-    def send(self, script: Any, keys: list[str], args: list[Any]) -> None:
-        with self._lock, self._store.translated_errors():
-            connection = self._connection or self._connect()
-            self._read_ready(connection)
-            packed = connection.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            self._unread.append((script, keys, args))
+    def send(self, packed: bytes, lines: int, wait: bool = False) -> None:
+        """Put one packed command on the socket; with ``wait``, read every reply up to its own.
+
+        Args:
+            packed: the command in RESP.
+            lines: how many lines its reply has when it succeeds.
+            wait: strict mode.
+
+        Raises:
+            StoreUnavailableError, or the TimerRedisError of a failed reply (this one's with ``wait``, or an earlier
+            one's).
+        """
+        with self._lock:
+            now = time.monotonic()
+            unread = self._unread
+            if (
+                self._fd >= 0
+                and not wait
+                and (not unread or (len(unread) < READ_EVERY and now - self._last_read < READ_AFTER))
+            ):
+                # The hot path: nothing to read yet, one write().
+                sent = _Sent(lines, packed, now)
+                unread.append(sent)
+                try:
+                    written = os.write(self._fd, packed)
+                except BlockingIOError:
+                    written = 0
+                except OSError:
+                    written = -1
+                if written == len(packed):
+                    if unread[0] is sent:
+                        self._last_read = now  # nothing was unread before: the read interval starts here
+                    return
+                unread.pop()
+            else:
+                sent = _Sent(lines, packed, now)
+                written = -1
             try:
-                connection.send_packed_command(packed, check_health=False)
-            except (redis.ConnectionError, redis.TimeoutError):
-                self._reconnect_and_resend()
-            if len(self._unread) > MAX_UNREAD_REPLIES:
-                self._read_all(connection)
+                self._send(sent, max(written, 0), wait, now)
+            except Exception:
+                with self._store.translated_errors():
+                    raise
 
     def flush(self) -> None:
         """Wait for every reply; raise the first error among them."""
-        with self._lock, self._store.translated_errors():
-            if self._connection is not None and self._unread:
-                try:
-                    self._read_all(self._connection)
-                except (redis.ConnectionError, redis.TimeoutError):
-                    self._reconnect_and_resend()
-                    self._read_all(self._connection)
+        with self._lock:
+            if not self._unread:
+                return
+            try:
+                self._flush()
+            except Exception:
+                with self._store.translated_errors():
+                    raise
 
-    def _connect(self) -> Any:
-        _register_exit_flush()
-        client = self._store.redis
-        # Load both scripts first, so the first EVALSHA on a fresh server does not come back NOSCRIPT.
-        for name in ("acquire", "release"):
-            client.script_load(self._store.scripts.by_name[name].script)
-        self._connection = client.connection_pool.make_connection()
-        self._connection.connect()
-        return self._connection
+    # -- the careful path ----------------------------------------------------------------------------------------
 
-    def _reconnect_and_resend(self) -> None:
-        if self._connection is not None:
-            self._connection.disconnect()
-        self._connection = None
-        connection = self._connect()
-        for script, keys, args in self._unread:
-            connection.send_packed_command(
-                connection.pack_command("EVALSHA", script.sha, len(keys), *keys, *args), check_health=False
-            )
-
-    def _read_ready(self, connection: Any) -> None:
-        while self._unread and connection.can_read(0):
-            self._read_one(connection)
-
-    def _read_all(self, connection: Any) -> None:
-        while self._unread:
-            self._read_one(connection)
-
-    def _read_one(self, connection: Any) -> None:
-        script, keys, args = self._unread[0]
+    def _send(self, sent: _Sent, written: int, wait: bool, now: float) -> None:
+        """Send ``sent`` (of which ``written`` bytes already went out on the current connection) carefully."""
         try:
-            connection.read_response()
-        except redis.exceptions.NoScriptError:
-            # The server lost its scripts (restart, SCRIPT FLUSH): run this one the slow way, which reloads it.
-            self._unread.popleft()
-            script(keys, args, client=self._store.redis)
-            return
-        except redis.ResponseError:
-            self._unread.popleft()
+            had_connection = self._connection is not None
+            try:
+                if not had_connection:
+                    self._connect()
+                if written:
+                    # Part of it is on the wire: finish it before anything else, or the connection is garbled.
+                    self._unread.append(sent)
+                    self._write(sent.packed[written:])
+                else:
+                    if self._unread:
+                        self._read_ready(now)
+                    self._unread.append(sent)
+                    self._write(sent.packed)
+            except redis.ConnectionError:
+                if not had_connection:
+                    raise
+                # A closed connection: one new one, resending everything unanswered and this command.
+                self._disconnect()
+                if sent not in self._unread:
+                    self._unread.append(sent)
+                self._connect()
+            if wait or len(self._unread) > MAX_UNREAD_REPLIES:
+                self._read_all()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            self._give_up(error, sent)
             raise
+
+    def _flush(self) -> None:
+        try:
+            had_connection = self._connection is not None
+            try:
+                if not had_connection:
+                    self._connect()
+                self._read_all()
+            except redis.ConnectionError:
+                if not had_connection:
+                    raise
+                self._disconnect()
+                self._connect()
+                self._read_all()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            self._give_up(error, None)
+            raise
+
+    def _connect(self) -> None:
+        """A new connection with both scripts loaded, on which every unanswered command has been sent again."""
+        _register_exit_flush()
+        # Made outside the pool's count: pool.make_connection() counts every connection it ever made against
+        # max_connections, and an outage of reconnect attempts would use that up for good.
+        pool = self._store.redis.connection_pool
+        connection = pool.connection_class(**pool.connection_kwargs)
+        try:
+            connection.connect()
+            # Load the scripts first, so the first EVALSHA on a fresh server does not come back NOSCRIPT.
+            for name in ("acquire", "release"):
+                connection.send_command("SCRIPT", "LOAD", self._store.scripts.by_name[name].script)
+            for _ in range(2):
+                connection.read_response()
+            self._connection = connection
+            sock = getattr(connection, "_sock", None)
+            if type(sock) is socket.socket:  # plain TCP or unix: the raw path (TLS sockets are a subclass)
+                self._socket = sock
+                self._fd = sock.fileno()
+                self._poll = select.poll()
+                self._poll.register(self._fd, select.POLLIN)
+            self._last_read = time.monotonic()
+            for sent in self._unread:
+                self._write(sent.packed)
+        except BaseException:
+            self._disconnect()
+            raise
+
+    def _disconnect(self) -> None:
+        if self._connection is not None:
+            with suppress(Exception):
+                self._connection.disconnect()
+        self._forget_connection()
+
+    def _give_up(self, error: Exception, sent: _Sent | None) -> None:
+        """Redis is unreachable or hung: drop the connection, and the commands that must not run later."""
+        self._disconnect()
+        if not isinstance(error, redis.ConnectionError):
+            self._unread.clear()  # timed out: a hung Redis may still run them (see the class docstring)
+        elif sent is not None and sent in self._unread:
+            self._unread.remove(sent)
+
+    def _write(self, packed: bytes) -> None:
+        if self._fd < 0:
+            self._connection.send_packed_command([packed], check_health=False)
+            return
+        try:
+            try:
+                written = os.write(self._fd, packed)
+            except BlockingIOError:
+                written = 0
+            if written < len(packed):  # the socket buffer is full: wait for room, up to the socket timeout
+                self._socket.sendall(packed[written:])
+        except TimeoutError as error:
+            raise redis.TimeoutError("Timeout writing to socket") from error
+        except OSError as error:
+            raise redis.ConnectionError(f"Error writing to socket: {error}") from error
+
+    # -- reading replies -----------------------------------------------------------------------------------------
+
+    def _read_ready(self, now: float) -> None:
+        """Read the replies that have arrived; raise a failed one, a closed connection or an overdue reply."""
+        self._last_read = now
+        if self._fd >= 0:
+            while self._poll.poll(0):
+                try:
+                    data = os.read(self._fd, 1 << 16)
+                except BlockingIOError:
+                    break
+                except OSError as error:
+                    raise redis.ConnectionError(f"Error reading from socket: {error}") from error
+                if not data:
+                    raise redis.ConnectionError("Connection closed by server.")
+                self._received += data
+                if len(data) < 1 << 16:
+                    break
+            if self._received:
+                if not self._unread:
+                    # No reply is due, so bytes mean the server closed it or sent what we cannot use.
+                    raise redis.ConnectionError("Connection closed by server.")
+                self._take_replies()
+        else:
+            connection = self._connection
+            while self._unread and connection.can_read(0):
+                self._read_one()
+            if not self._unread and connection.can_read(0):
+                # No reply is due, so a readable socket means the server closed it (or sent what we cannot use).
+                raise redis.ConnectionError("Connection closed by server.")
+        if self._unread:
+            waited = now - self._unread[0].sent_at
+            if waited > self._store.settings.socket_timeout:
+                raise redis.TimeoutError(f"no reply from Redis for {waited:.1f} s")
+
+    def _read_all(self) -> None:
+        """Wait for every reply (each wait bounded by the socket timeout)."""
+        if self._fd < 0:
+            while self._unread:
+                self._read_one()
+            return
+        while True:
+            self._take_replies()
+            if not self._unread:
+                return
+            try:
+                data = self._socket.recv(1 << 16)
+            except TimeoutError as error:
+                raise redis.TimeoutError("Timeout reading from socket") from error
+            except OSError as error:
+                raise redis.ConnectionError(f"Error reading from socket: {error}") from error
+            if not data:
+                raise redis.ConnectionError("Connection closed by server.")
+            self._received += data
+
+    def _take_replies(self) -> None:
+        """Match the received bytes with the unread commands, oldest first; raise the first failed reply."""
+        received = self._received
+        if not received:
+            return
+        unread = self._unread
+        if b"-" not in received:
+            # No error among them: count lines, no parsing. A reply split across reads leaves its start behind.
+            lines = received.count(b"\r\n")
+            used = 0
+            done = 0
+            for sent in unread:
+                if used + sent.lines > lines:
+                    break
+                used += sent.lines
+                done += 1
+            for _ in range(done):
+                unread.popleft()
+            if used == lines and received.endswith(b"\r\n"):
+                self._received = b""
+            else:
+                position = 0
+                for _ in range(used):
+                    position = received.index(b"\r\n", position) + 2
+                self._received = received[position:]
+            return
+        position = 0
+        try:
+            while unread:
+                end, error = _reply_end(received, position)
+                if end < 0:
+                    break
+                position = end
+                sent = unread.popleft()
+                if error is not None and not sent.superseded:
+                    self._failed(sent, error.decode(errors="replace"))
+        finally:
+            self._received = received[position:]
+
+    def _read_one(self) -> None:
+        """The next reply through redis-py (connections other than plain sockets)."""
+        sent = self._unread[0]
+        try:
+            self._connection.read_response()
+        except redis.ResponseError as error:
+            self._unread.popleft()
+            if not sent.superseded:
+                self._failed(sent, str(error) if not isinstance(error, redis.exceptions.NoScriptError) else "NOSCRIPT")
+            return
         self._unread.popleft()
+
+    def _failed(self, sent: _Sent, message: str) -> None:
+        if not message.startswith("NOSCRIPT"):
+            raise redis.ResponseError(message)
+        # The server lost its scripts (SCRIPT FLUSH, or a restart that kept this connection): load them again on
+        # this connection, then run this command and every later unanswered one again, in order.
+        again = [sent, *(other for other in self._unread if not other.superseded)]
+        for other in self._unread:
+            other.superseded = True
+        now = time.monotonic()
+        for name in ("acquire", "release"):
+            command = _resp(("SCRIPT", "LOAD", self._store.scripts.by_name[name].script))
+            load = _Sent(SCRIPT_LOAD_REPLY_LINES, command, now)
+            self._unread.append(load)
+            self._write(load.packed)
+        for other in again:
+            copy = _Sent(other.lines, other.packed, now)
+            self._unread.append(copy)
+            self._write(copy.packed)
+
+
+class _WorkerCommands:
+    """The fast path of one worker: acquire and release packed as EVALSHA by hand, with the script, keys, worker id
+    and signal encoded once, and each scope id checked and encoded once.
+
+    Args:
+        store: whose scripts, keys and connection.
+        worker: the owner's worker id (already checked).
+        signal: signal number (already checked).
+    """
+
+    __slots__ = ("_acquire_head", "_acquire_tail", "_release_head", "_scopes", "_send")
+
+    def __init__(self, store: TimerStore, worker: str, signal: int) -> None:
+        keys = store.keys
+        head = (
+            _bulk("EVALSHA"),
+            None,
+            _bulk(2) + _bulk(keys.deadlines) + _bulk(keys.worker(worker)) + _bulk(worker),
+        )
+        # acquire.lua: KEYS deadlines, worker; ARGV worker, scope_id, ttl_ms, signal, wake (10 elements in all)
+        self._acquire_head = b"*10\r\n" + head[0] + _bulk(store.scripts.by_name["acquire"].sha) + head[2]
+        self._acquire_tail = _bulk(signal) + _bulk(keys.wake_channel)
+        # release.lua: KEYS deadlines, worker; ARGV worker, scope_id (7 elements)
+        self._release_head = b"*7\r\n" + head[0] + _bulk(store.scripts.by_name["release"].sha) + head[2]
+        self._scopes: dict[str, bytes] = {}
+        self._send = store._unread.send
+
+    def _scope(self, scope_id: str) -> bytes:
+        check_scope_id(scope_id)
+        if len(self._scopes) >= MAX_CACHED_SCOPES:
+            self._scopes.clear()
+        encoded = self._scopes[scope_id] = _bulk(scope_id.encode())
+        return encoded
+
+    def acquire(self, scope_id: str, ttl_ms: int, wait: bool = False) -> None:
+        """Send acquire.lua for ``scope_id`` with ``ttl_ms`` (an int >= 1, checked by the caller)."""
+        try:
+            scope = self._scopes[scope_id]
+        except (KeyError, TypeError):
+            scope = self._scope(scope_id)
+        ttl = b"%d" % ttl_ms
+        self._send(
+            b"%s%s$%d\r\n%s\r\n%s" % (self._acquire_head, scope, len(ttl), ttl, self._acquire_tail),
+            ACQUIRE_REPLY_LINES,
+            wait,
+        )
+
+    def release(self, scope_id: str, wait: bool = False) -> None:
+        """Send release.lua for ``scope_id``."""
+        try:
+            scope = self._scopes[scope_id]
+        except (KeyError, TypeError):
+            scope = self._scope(scope_id)
+        self._send(self._release_head + scope, RELEASE_REPLY_LINES, wait)
 
 
 def _resp(args: Sequence[Any]) -> bytes:
@@ -374,6 +745,7 @@ class TimerStore:
         self.url = mask_url(url) if url else _describe_client(redis_client)
         self._unread = _UnreadReplies(self)
         self._raw = _RawCommands(redis_client)
+        self._worker_commands: dict[tuple[str, int], _WorkerCommands] = {}
 
     @classmethod
     def from_url(
@@ -387,8 +759,9 @@ class TimerStore:
         settings = settings or TimerSettings()
         redis_kwargs.setdefault("socket_timeout", settings.socket_timeout)
         redis_kwargs.setdefault("socket_connect_timeout", settings.socket_timeout)
-        # One quick retry only: an unreachable Redis must surface within the timeout, not after minutes of backoff.
-        redis_kwargs.setdefault("retry", Retry(NoBackoff(), 1))
+        # One immediate retry, on a broken connection only: a pooled socket Redis closed (a restart) is replaced
+        # at once, while an unreachable or hung Redis surfaces within one socket timeout, not after a backoff.
+        redis_kwargs.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
         try:
             client = redis.Redis.from_url(url, **redis_kwargs)
         except ValueError as error:
@@ -446,7 +819,7 @@ class TimerStore:
         ttl_ms = ttl_to_ms(ttl)
         signal_number = self.settings.signal if signal is None else parse_signal(signal)
         if not wait:
-            self._unread.send(*self.scripts.acquire_args(self.keys, worker, scope_id, ttl_ms, signal_number))
+            self.worker_commands(worker, signal_number).acquire(scope_id, ttl_ms)
             return None
         with self.translated_errors():
             deadline_ms, _ = self.scripts.acquire(self.redis, self.keys, worker, scope_id, ttl_ms, signal_number)
@@ -482,7 +855,7 @@ class TimerStore:
         worker = self._worker(owner)
         check_scope_id(scope_id)
         if not wait:
-            self._unread.send(*self.scripts.release_args(self.keys, worker, scope_id))
+            self.worker_commands(worker, self.settings.signal).release(scope_id)
             return None
         with self.translated_errors():
             return self.scripts.release(self.redis, self.keys, worker, scope_id)
@@ -490,6 +863,22 @@ class TimerStore:
     def flush(self) -> None:
         """Wait for the replies of every ``wait=False`` call; raise the first error among them."""
         self._unread.flush()
+
+    def worker_commands(self, worker: str, signal: int) -> _WorkerCommands:
+        """The fast path's packed acquire/release of one worker (cached): ``RedisTimerClient`` keeps one per
+        process, so its per-call cost is one write of bytes it mostly encoded once.
+
+        Args:
+            worker: a worker id, already checked.
+            signal: a signal number, already checked.
+        """
+        key = (worker, signal)
+        commands = self._worker_commands.get(key)
+        if commands is None:
+            if len(self._worker_commands) >= MAX_CACHED_WORKERS:
+                self._worker_commands.clear()
+            commands = self._worker_commands[key] = _WorkerCommands(self, worker, signal)
+        return commands
 
     def release_worker(self, owner: Owner | str, *, reason: str = "") -> int:
         """Remove every timer of one worker; with a ``reason``, record a ``released`` event.
@@ -623,6 +1012,24 @@ class TimerStore:
                 return []
         return [self._order(entry_id, fields) for entry_id, fields in reply[1] if fields]
 
+    def forget_idle_consumers(self, node: str, min_idle_ms: int, keep: str = "") -> int:
+        """Delete the consumers of ``node``'s delivery group that hold no order and have not read or claimed for
+        ``min_idle_ms``: each replica that ever ran is one, and killed ones would pile up. Atomic, so an order
+        handed to a consumer meanwhile is never dropped with it.
+
+        Args:
+            node: whose delivery group.
+            min_idle_ms: only consumers idle at least this long.
+            keep: a consumer never deleted (the caller's own).
+
+        Returns:
+            How many consumers were deleted.
+        """
+        if isinstance(min_idle_ms, bool) or not isinstance(min_idle_ms, int) or min_idle_ms < 0:
+            raise InvalidArgumentError(f"min_idle_ms must be an int >= 0, got {min_idle_ms!r}")
+        with self.translated_errors(self.keys.deliver(node)):
+            return self.scripts.forget_idle_consumers(self.redis, self.keys, node, DELIVERY_GROUP, min_idle_ms, keep)
+
     def finish_deliveries(self, results: Sequence[tuple[DeliveryOrder, DeliveryResult]], replica: str) -> Flags:
         """Acknowledge orders and write their outcome events, in one round trip.
 
@@ -689,12 +1096,23 @@ class TimerStore:
             for entry_id, fields in rows
         ]
 
-    def heartbeat(self, replica: str, node: str, *, started_ms: int | None = None) -> None:
-        """Record that ``replica`` of ``node`` is alive now (server clock)."""
+    def heartbeat(self, replica: str, node: str, *, started_ms: int | None = None) -> int:
+        """Record that ``replica`` of ``node`` is alive now (server clock), and delete the heartbeats of replicas
+        silent for ``FORGET_REPLICA_SECONDS``: a killed replica never removes its own.
+
+        Returns:
+            ``started_ms`` as recorded: the server time of the first heartbeat when None was given.
+        """
         with self.translated_errors(self.keys.replicas):
             now_ms = self.server_time_ms()
-            record = {"node": node, "pid": os.getpid(), "last_seen_ms": now_ms, "started_ms": started_ms or now_ms}
+            started_ms = started_ms or now_ms
+            record = {"node": node, "pid": os.getpid(), "last_seen_ms": now_ms, "started_ms": started_ms}
             self.redis.hset(self.keys.replicas, replica, json.dumps(record))
+            forget_before_ms = now_ms - int(FORGET_REPLICA_SECONDS * 1000)
+            gone = [name for name, other in self.replicas().items() if other["last_seen_ms"] < forget_before_ms]
+            if gone:
+                self.redis.hdel(self.keys.replicas, *gone)
+        return started_ms
 
     def forget_replica(self, replica: str) -> None:
         """Remove a stopped replica's heartbeat."""
@@ -707,11 +1125,18 @@ class TimerStore:
             raw = self.redis.hgetall(self.keys.replicas)
         return {_text(name): json.loads(value) for name, value in raw.items()}
 
-    def stats(self, *, replica_timeout: float = 10.0) -> dict[str, Any]:
+    def stats(self, *, replica_timeout: float = REPLICA_TIMEOUT_SECONDS) -> dict[str, Any]:
         """Live and due timers, pending deliveries per node, and replicas with their last heartbeat.
 
-        A node with pending orders or due timers but no replica seen within ``replica_timeout`` seconds is
-        listed in ``stuck_nodes``.
+        A replica is live when it was seen within ``replica_timeout`` seconds. A node with pending orders or due
+        timers but no live replica is listed in ``stuck_nodes``: nothing will signal its workers.
+
+        Returns:
+            A JSON-ready dict: ``now_ms``, ``live_timers``, ``due_timers``, ``earliest_deadline_ms``,
+            ``pending_deliveries`` (node -> orders not finished, read or not), ``replicas`` (replica id -> last
+            heartbeat with ``age_ms`` and ``live``; dead ones are listed until ``FORGET_REPLICA_SECONDS``),
+            ``nodes`` (node -> ``live_replicas``, ``due_timers``, ``pending_deliveries``; due timers are counted
+            among the first 1000) and ``stuck_nodes``.
         """
         with self.translated_errors(self.keys.deadlines):
             now_ms = self.server_time_ms()
@@ -721,26 +1146,40 @@ class TimerStore:
             pipe.zrange(self.keys.deadlines, 0, 0, withscores=True)
             pipe.smembers(self.keys.nodes)
             live, due, earliest, nodes = pipe.execute()
-            replicas = self.replicas()
-            node_names = sorted({_text(n) for n in nodes} | {r["node"] for r in replicas.values()})
+            replicas = {
+                name: {**record, "age_ms": now_ms - record["last_seen_ms"]}
+                for name, record in self.replicas().items()
+                if now_ms - record["last_seen_ms"] <= FORGET_REPLICA_SECONDS * 1000
+            }
+            for record in replicas.values():
+                record["live"] = record["age_ms"] <= replica_timeout * 1000
+            due_by_node = Counter(t.node for t in self.list(due_only=True, limit=1000)) if due else Counter()
+            # Nodes that never had an order (their timers were never claimed) count too: with no replica alive
+            # anywhere, due timers are all there is to see.
+            node_names = sorted({_text(n) for n in nodes} | {r["node"] for r in replicas.values()} | set(due_by_node))
             pending: dict[str, int] = {}
             for node in node_names:
                 try:
-                    pending[node] = int(self.redis.xpending(self.keys.deliver(node), DELIVERY_GROUP)["pending"])
-                    pending[node] += self._undelivered(node)
+                    read = int(self.redis.xpending(self.keys.deliver(node), DELIVERY_GROUP)["pending"])
+                    pending[node] = read + self._undelivered(node)
                 except redis.ResponseError:
                     pending[node] = int(self.redis.xlen(self.keys.deliver(node)))
-        alive_nodes = {r["node"] for r in replicas.values() if now_ms - r["last_seen_ms"] <= replica_timeout * 1000}
-        due_nodes = {t.node for t in self.list(due_only=True, limit=1000)} if due else set()
-        stuck = sorted(n for n in node_names if (pending.get(n) or n in due_nodes) and n not in alive_nodes)
+        live_replicas = Counter(r["node"] for r in replicas.values() if r["live"])
+        stuck = sorted(n for n in node_names if (pending.get(n) or due_by_node[n]) and not live_replicas[n])
         return {
             "now_ms": now_ms,
             "live_timers": int(live),
             "due_timers": int(due),
             "earliest_deadline_ms": int(earliest[0][1]) if earliest else None,
             "pending_deliveries": pending,
-            "replicas": {
-                name: {**record, "age_ms": now_ms - record["last_seen_ms"]} for name, record in replicas.items()
+            "replicas": replicas,
+            "nodes": {
+                node: {
+                    "live_replicas": live_replicas[node],
+                    "due_timers": due_by_node[node],
+                    "pending_deliveries": pending.get(node, 0),
+                }
+                for node in node_names
             },
             "stuck_nodes": stuck,
         }
@@ -753,7 +1192,12 @@ class TimerStore:
         for group in groups:
             if _text(group.get("name", b"")) == DELIVERY_GROUP:
                 lag = group.get("lag")
-                return int(lag) if lag is not None else 0
+                if lag is not None:
+                    return int(lag)
+                # Redis cannot tell the lag when an order after the last one read was deleted (XDEL): count the
+                # orders after it instead, up to a limit.
+                after = "(" + _text(group.get("last-delivered-id", b"0-0"))
+                return len(self.redis.xrange(self.keys.deliver(node), after, "+", count=UNDELIVERED_COUNT_LIMIT))
         return 0
 
     def _order(self, entry_id: Any, fields: Any) -> DeliveryOrder:

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .delivery import DeliveryOrder, DeliveryResult, Outcome, SignalPolicy, deliver
 from .errors import StoreUnavailableError, TimerRedisError
@@ -27,9 +27,13 @@ from .store import Claim, TimerStore
 log = logging.getLogger(__name__)
 
 Deliverer = Callable[[DeliveryOrder], DeliveryResult]
-# While Redis is unreachable a replica retries after 0.1 s, doubling up to this cap.
-MAX_BACKOFF_SECONDS = 5.0
+# While Redis is unreachable a replica retries after 0.1 s, doubling up to this cap (times a 0.5-1.5 jitter): timers
+# that came due during an outage are claimed within about this long after Redis is back.
+MAX_BACKOFF_SECONDS = 2.0
 HEARTBEAT_SECONDS = 2.0
+# Orders a dead replica left are looked for this often per lease, so one is taken over 1 to 1.25 leases after it was
+# read. It is one XAUTOCLAIM over the (usually empty) pending list.
+TAKEOVER_CHECKS_PER_LEASE = 4
 
 
 @dataclass
@@ -41,6 +45,20 @@ class PassResult:
     now_ms: int = 0
     next_deadline_ms: int | None = None
     backlog: bool = False
+    claim_seconds: float = 0.0
+    taken_over: int = 0
+    finished: list[bool] = field(default_factory=list)
+    """Per delivered order: whether this replica finished it and wrote its event (False: another one had)."""
+
+
+class WatchdogObserver(Protocol):
+    """Told what a watchdog does, for metrics (``timer_redis.metrics.WatchdogMetrics`` is one)."""
+
+    def observe_pass(self, result: PassResult) -> None:
+        """After each ``run_once()`` that completed."""
+
+    def observe_error(self, error: Exception) -> None:
+        """When a pass failed (``StoreUnavailableError`` while Redis is down)."""
 
 
 class Watchdog:
@@ -62,6 +80,7 @@ class Watchdog:
         lease: seconds before another replica takes over an order this one left unacknowledged.
         rng: source of jitter (seed it in tests).
         settings: timer knobs; the arguments above override them.
+        metrics: told about every pass and every failed one (``metrics.WatchdogMetrics`` serves them to Prometheus).
     """
 
     def __init__(
@@ -78,6 +97,7 @@ class Watchdog:
         lease: float | None = None,
         rng: random.Random | None = None,
         settings: TimerSettings | None = None,
+        metrics: WatchdogObserver | None = None,
     ) -> None:
         base = store.settings if store is not None else (settings or TimerSettings.from_env(namespace=namespace))
         self.settings = base.with_changes(
@@ -97,9 +117,10 @@ class Watchdog:
         self._rng = rng or random.Random()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.metrics = metrics
         self._group_ready = False
-        self._last_takeover = 0.0
-        self._last_heartbeat = 0.0
+        self._next_takeover = 0.0  # monotonic times; 0 = on the first pass
+        self._next_heartbeat = 0.0
         self._started_ms: int | None = None
 
     # -- one pass ------------------------------------------------------------------------------------------------
@@ -114,17 +135,23 @@ class Watchdog:
             self.store.ensure_delivery_group(self.node)
             self._group_ready = True
         batch = self.settings.claim_batch
+        started = time.monotonic()
         claim = self.store.claim_expired(batch, self.replica_id)
         result = PassResult(claimed=claim.claimed, now_ms=claim.now_ms, next_deadline_ms=claim.next_deadline_ms)
+        result.claim_seconds = time.monotonic() - started
         orders: list[DeliveryOrder] = self.store.read_deliveries(self.node, self.replica_id, batch)
-        if time.monotonic() - self._last_takeover >= self.settings.lease / 2:
-            self._last_takeover = time.monotonic()
+        if time.monotonic() >= self._next_takeover:
+            self._next_takeover = time.monotonic() + self.settings.lease / TAKEOVER_CHECKS_PER_LEASE
             lease_ms = int(self.settings.lease * 1000)
-            orders += self.store.take_over_deliveries(self.node, self.replica_id, lease_ms, batch)
+            taken = self.store.take_over_deliveries(self.node, self.replica_id, lease_ms, batch)
+            result.taken_over = len(taken)
+            orders += taken
         result.delivered = [(order, self._deliver_one(order)) for order in orders]
-        self.store.finish_deliveries(result.delivered, self.replica_id)
+        result.finished = self.store.finish_deliveries(result.delivered, self.replica_id)
         # A full batch means more may be waiting: the next pass should not sleep.
         result.backlog = len(claim.claimed) >= batch or len(orders) >= batch
+        if self.metrics is not None:
+            self.metrics.observe_pass(result)
         return result
 
     def _deliver_one(self, order: DeliveryOrder) -> DeliveryResult:
@@ -143,6 +170,7 @@ class Watchdog:
         """Loop over ``run_once()`` until ``stop()``: sleep until the earliest deadline or ``max_interval``,
         wake early on a new earliest deadline or a delivery for this node, and ride out Redis outages."""
         backoff = 0.1
+        failing_since: float | None = None
         pubsub: Any = None
         # Replicas restarted together would otherwise all claim at the same instant; a short random first sleep
         # spreads them. It is kept well under a second, because due timers wait for it.
@@ -154,19 +182,25 @@ class Watchdog:
                         pubsub = self.store.subscribe_wake()  # subscribe before the pass, so no wake is missed
                     self._heartbeat()
                     result = self.run_once()
-                    backoff = 0.1
+                    if failing_since is not None:
+                        log.warning("watchdog resumed after %.1f s of failed passes", time.monotonic() - failing_since)
+                    backoff, failing_since = 0.1, None
                     if result.backlog:
                         continue
-                    self._sleep(pubsub, self._sleep_seconds(result))
-                except StoreUnavailableError as error:
-                    log.warning("Redis unavailable (%s); retrying in %.1f s", error, backoff)
-                    _close_quietly(pubsub)
-                    pubsub = None
+                    self._sleep(pubsub, min(self._sleep_seconds(result), self._until_housekeeping()))
+                except Exception as error:  # one failed pass must never end the replica: log, back off, go on
+                    if self.metrics is not None:
+                        self.metrics.observe_error(error)
+                    if isinstance(error, StoreUnavailableError):
+                        log.warning("Redis unavailable (%s); retrying in %.1f s", error, backoff)
+                        # A new subscription after the outage: the old one may be dead without knowing it.
+                        _close_quietly(pubsub)
+                        pubsub = None
+                    else:
+                        log.exception("watchdog pass failed; retrying in %.1f s", backoff)
+                    failing_since = failing_since or time.monotonic()
                     self._stop.wait(backoff * self._rng.uniform(0.5, 1.5))
                     backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-                except TimerRedisError:
-                    log.exception("watchdog pass failed")
-                    self._stop.wait(backoff)
         finally:
             _close_quietly(pubsub)
             with suppress(TimerRedisError):
@@ -198,13 +232,18 @@ class Watchdog:
             if data.startswith(b"deadline") or data in wanted:
                 return
 
+    def _until_housekeeping(self) -> float:
+        """Seconds until the next heartbeat or look for stale orders: a long max_interval must not delay them."""
+        return max(0.0, min(self._next_heartbeat, self._next_takeover) - time.monotonic())
+
     def _heartbeat(self) -> None:
-        if time.monotonic() - self._last_heartbeat < HEARTBEAT_SECONDS:
+        """Every HEARTBEAT_SECONDS: show this replica as live, and forget the consumers of replicas that are gone
+        (each replica that ever ran is a consumer of its node's group; killed ones would pile up)."""
+        if time.monotonic() < self._next_heartbeat:
             return
-        self._last_heartbeat = time.monotonic()
-        self.store.heartbeat(self.replica_id, self.node, started_ms=self._started_ms)
-        if self._started_ms is None:
-            self._started_ms = self.store.replicas()[self.replica_id]["started_ms"]
+        self._next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
+        self._started_ms = self.store.heartbeat(self.replica_id, self.node, started_ms=self._started_ms)
+        self.store.forget_idle_consumers(self.node, int(self.settings.lease * 1000), keep=self.replica_id)
 
     # -- thread control ------------------------------------------------------------------------------------------
 

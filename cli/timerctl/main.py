@@ -113,6 +113,13 @@ LOG_LEVELS = ["debug", "info", "warning", "error"]
 )
 @click.option("--once", is_flag=True, help="Run a single pass, print what it did, and exit.")
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    envvar="TIMER_REDIS_METRICS_PORT",
+    help="Serve Prometheus metrics on this port, at /metrics (needs prometheus-client); env TIMER_REDIS_METRICS_PORT.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="info",
@@ -130,6 +137,7 @@ def watchdog(
     node: str | None,
     lease: float | None,
     once: bool,
+    metrics_port: int | None,
     log_level: str,
 ) -> None:
     """Run one watchdog replica in the foreground.
@@ -143,8 +151,20 @@ def watchdog(
       timerctl watchdog --max-interval 2 --allow-uid 1000
       TIMER_REDIS_URL=redis://redis:6379/0 timerctl watchdog --log-level debug
       timerctl watchdog --once --json        # one pass, for cron or a health check
+      timerctl watchdog --metrics-port 9108  # Prometheus scrapes http://host:9108/metrics
     """
     configure_logging(log_level)
+    metrics = None
+    if metrics_port is not None and not once:
+        from timer_redis.metrics import WatchdogMetrics  # prometheus-client is optional
+
+        try:
+            metrics = WatchdogMetrics(state.store)
+            log.info("metrics on port %d at /metrics", metrics.serve(metrics_port))
+        except ImportError as error:
+            raise CliError(str(error), EXIT_INVALID) from None
+        except OSError as error:
+            raise CliError(f"cannot serve metrics on port {metrics_port}: {error}", EXIT_INVALID) from None
     wd = Watchdog(
         store=state.store,
         max_interval=max_interval,
@@ -152,6 +172,7 @@ def watchdog(
         lease=lease,
         node=check_node(node) if node is not None else None,
         allowed_uids=list(allowed_uids) or None,
+        metrics=metrics,
     )
     if once:
         print_pass(wd.run_once(), state.json_output)
@@ -586,14 +607,18 @@ def stats(state: CliState, replica_timeout: float) -> None:
     click.echo(f"next deadline in    {format_duration(earliest - now_ms) if earliest is not None else '-'}")
     click.echo(f"stuck nodes         {', '.join(data['stuck_nodes']) or 'none'}")
     click.echo("")
-    print_table(["NODE", "PENDING DELIVERIES"], [[n, str(p)] for n, p in sorted(data["pending_deliveries"].items())])
+    nodes = sorted(data["nodes"].items())
+    print_table(
+        ["NODE", "LIVE REPLICAS", "DUE TIMERS", "PENDING DELIVERIES"],
+        [[n, str(i["live_replicas"]), str(i["due_timers"]), str(i["pending_deliveries"])] for n, i in nodes],
+    )
     click.echo("")
     rows = [
-        [name, record["node"], str(record["pid"]), format_duration(record["age_ms"]) + " ago",
-         format_duration(now_ms - record["started_ms"])]
+        [name, record["node"], str(record["pid"]), "yes" if record["live"] else "no",
+         format_duration(record["age_ms"]) + " ago", format_duration(now_ms - record["started_ms"])]
         for name, record in sorted(data["replicas"].items())
     ]  # fmt: skip
-    print_table(["REPLICA", "NODE", "PID", "LAST HEARTBEAT", "UP"], rows)
+    print_table(["REPLICA", "NODE", "PID", "LIVE", "LAST HEARTBEAT", "UP"], rows)
 
 
 cli.add_command(stats, "status")

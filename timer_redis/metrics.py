@@ -1,0 +1,152 @@
+"""Prometheus metrics of one watchdog replica: what it claims and delivers, how late, and how often Redis fails.
+
+prometheus-client is optional (``pip install 'timer-redis[metrics]'``). It is imported when a ``WatchdogMetrics`` is
+made, never by ``import timer_redis``. Example::
+
+    from timer_redis import TimerStore, Watchdog
+    from timer_redis.metrics import WatchdogMetrics
+
+    store = TimerStore.from_url("redis://localhost:6379/0")
+    metrics = WatchdogMetrics(store)
+    metrics.serve(9108)                  # GET http://host:9108/metrics
+    Watchdog(store=store, metrics=metrics).run_forever()
+
+``timerctl watchdog --metrics-port 9108`` does the same.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from .delivery import Outcome
+from .errors import TimerRedisError
+
+if TYPE_CHECKING:
+    from .store import TimerStore
+    from .watchdog import PassResult
+
+# Detection lag: from a timer's deadline to its signal. Milliseconds when a replica is awake, a lease after a crash.
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# One claim_expired round trip: a Lua script over at most claim_batch timers.
+CLAIM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+def prometheus_client() -> ModuleType:
+    """The prometheus_client module.
+
+    Raises:
+        ImportError: it is not installed; the message says how to install it.
+    """
+    try:
+        import prometheus_client as module
+    except ImportError as error:
+        raise ImportError("watchdog metrics need prometheus-client: pip install 'timer-redis[metrics]'") from error
+    return module
+
+
+class WatchdogMetrics:
+    """The Prometheus metrics of one watchdog replica; pass it as ``Watchdog(metrics=...)``.
+
+    Every name starts with ``timer_redis_``:
+
+    - ``live_timers`` (gauge): timers in the namespace, counted in Redis at scrape time (every replica reports the
+      same number; NaN while Redis is down).
+    - ``claims_total`` (counter): workers this replica reaped, one per claimed due timer's worker.
+    - ``deliveries_total{outcome}`` (counter): orders this replica finished, by outcome (delivered, owner-gone,
+      refused, signal-failed). An order finished by another replica first is not counted here.
+    - ``takeovers_total`` (counter): orders this replica took over from a replica that died holding them.
+    - ``detection_lag_seconds`` (histogram): from a timer's deadline to its signal, for delivered orders.
+    - ``claim_seconds`` (histogram): one claim round trip.
+    - ``redis_errors_total{error}`` (counter): failed passes by exception class (``StoreUnavailableError`` while
+      Redis is unreachable).
+
+    Args:
+        store: whose live timers the gauge counts; None leaves the gauge out.
+        registry: a ``prometheus_client.CollectorRegistry``; a new one by default, so that several watchdogs in one
+            process each have their own.
+
+    Raises:
+        ImportError: prometheus-client is not installed.
+    """
+
+    def __init__(self, store: TimerStore | None = None, *, registry: Any = None) -> None:
+        prometheus = prometheus_client()
+        self.registry = registry if registry is not None else prometheus.CollectorRegistry(auto_describe=True)
+        self.store = store
+        self._server: Any = None
+        names: dict[str, Any] = {"registry": self.registry, "namespace": "timer_redis"}
+        if store is not None:
+            live = prometheus.Gauge(
+                "live_timers", "Timers in the namespace (due or not), read at scrape time.", **names
+            )
+            live.set_function(self._count_live_timers)
+        self.claims = prometheus.Counter("claims", "Workers reaped by this replica's claims.", **names)
+        self.deliveries = prometheus.Counter(
+            "deliveries", "Delivery orders finished by this replica, by outcome.", ["outcome"], **names
+        )
+        for outcome in Outcome:
+            self.deliveries.labels(outcome.value)  # export zeros, so rate() works from the first scrape
+        self.takeovers = prometheus.Counter("takeovers", "Orders taken over from a replica that died.", **names)
+        self.detection_lag = prometheus.Histogram(
+            "detection_lag_seconds", "From a timer's deadline to its signal.", buckets=LAG_BUCKETS, **names
+        )
+        self.claim_time = prometheus.Histogram(
+            "claim_seconds", "Duration of one claim round trip.", buckets=CLAIM_BUCKETS, **names
+        )
+        self.redis_errors = prometheus.Counter(
+            "redis_errors", "Failed watchdog passes, by exception class.", ["error"], **names
+        )
+
+    # -- the WatchdogObserver protocol ---------------------------------------------------------------------------
+
+    def observe_pass(self, result: PassResult) -> None:
+        """Count what one ``Watchdog.run_once()`` claimed, took over and finished."""
+        self.claims.inc(len(result.claimed))
+        self.claim_time.observe(result.claim_seconds)
+        self.takeovers.inc(result.taken_over)
+        for (order, outcome), finished in zip(result.delivered, result.finished, strict=False):
+            if not finished:
+                continue
+            self.deliveries.labels(outcome.outcome.value).inc()
+            if outcome.outcome is Outcome.DELIVERED and outcome.sent_ms is not None:
+                self.detection_lag.observe(max(0.0, (outcome.sent_ms - order.deadline_ms) / 1000))
+
+    def observe_error(self, error: Exception) -> None:
+        """Count one failed pass."""
+        self.redis_errors.labels(type(error).__name__).inc()
+
+    # -- exposing them -------------------------------------------------------------------------------------------
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
+        """Serve ``/metrics`` over HTTP from a daemon thread.
+
+        Args:
+            port: TCP port; 0 picks a free one.
+            addr: address to bind.
+
+        Returns:
+            The port it listens on.
+        """
+        server, _thread = prometheus_client().start_http_server(port, addr, registry=self.registry)
+        self._server = server
+        return int(server.server_port)
+
+    def close(self) -> None:
+        """Stop serving (a no-op when ``serve()`` was not called)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def render(self) -> bytes:
+        """The metrics in the Prometheus text format, as ``/metrics`` serves them."""
+        return bytes(prometheus_client().generate_latest(self.registry))
+
+    def _count_live_timers(self) -> float:
+        assert self.store is not None
+        try:
+            return float(self.store.count())
+        except TimerRedisError:
+            return math.nan
