@@ -10,8 +10,8 @@ from collections.abc import Callable
 from .api import TimerClient
 from .errors import InvalidArgumentError
 from .process import Owner
-from .settings import TimerSettings, url_from_env
-from .store import TimerStore
+from .settings import TimerSettings, parse_signal, url_from_env
+from .store import TimerStore, _WorkerCommands
 
 # An expiration time already in the past still makes a timer, due at once (torch reaps it on the next pass too).
 MIN_TTL_SECONDS = 0.001
@@ -65,6 +65,9 @@ class RedisTimerClient(TimerClient):
         self._clock = clock
         self._worker_pid = -1
         self._worker = ""
+        # The fast path's packed commands for this process' worker (rebuilt after a fork, when the pid changes).
+        self._commands: _WorkerCommands | None = None
+        self._commands_pid = -1
 
     @property
     def owner(self) -> Owner:
@@ -87,12 +90,18 @@ class RedisTimerClient(TimerClient):
             InvalidArgumentError: bad scope_id or expiration_time; nothing was written.
             StoreUnavailableError: Redis could not be reached.
         """
-        if isinstance(expiration_time, bool) or not isinstance(expiration_time, (int, float)):
+        kind = type(expiration_time)
+        if (kind is not float and kind is not int) and (
+            isinstance(expiration_time, bool) or not isinstance(expiration_time, (int, float))
+        ):
             raise InvalidArgumentError(f"expiration_time must be a number, got {expiration_time!r}")
         if not math.isfinite(expiration_time):
             raise InvalidArgumentError(f"expiration_time must be finite, got {expiration_time!r}")
-        ttl = max(expiration_time - self._clock(), MIN_TTL_SECONDS)
-        self.store.acquire(self.worker_id(), scope_id, ttl, signal=self._signal, wait=self._wait)
+        # At least 1 ms: an expiration time already in the past makes a timer due at once (MIN_TTL_SECONDS).
+        ttl_ms = math.ceil((expiration_time - self._clock()) * 1000)
+        pid = self._fixed_pid or os.getpid()
+        commands = self._commands if pid == self._commands_pid else self._commands_of(pid)
+        commands.acquire(scope_id, ttl_ms if ttl_ms > 0 else 1, self._wait)  # type: ignore[union-attr]
 
     def acquire_for(self, scope_id: str, ttl: float) -> None:
         """Start (or replace) the timer of ``scope_id``, due ``ttl`` seconds from now (no clock involved)."""
@@ -100,7 +109,15 @@ class RedisTimerClient(TimerClient):
 
     def release(self, scope_id: str) -> None:
         """Stop the timer of ``scope_id``; a no-op if there is none."""
-        self.store.release(self.worker_id(), scope_id, wait=self._wait)
+        pid = self._fixed_pid or os.getpid()
+        commands = self._commands if pid == self._commands_pid else self._commands_of(pid)
+        commands.release(scope_id, self._wait)  # type: ignore[union-attr]
+
+    def _commands_of(self, pid: int) -> _WorkerCommands:
+        signal = self.store.settings.signal if self._signal is None else parse_signal(self._signal)
+        commands = self.store.worker_commands(self.worker_id(), signal)
+        self._commands, self._commands_pid = commands, pid
+        return commands
 
     def flush(self) -> None:
         """Wait until Redis has answered every call made so far; raise the first error among the replies."""

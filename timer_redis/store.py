@@ -265,6 +265,7 @@ class _UnreadReplies:
         self._poll: Any = None
         self._received = b""
         self._last_read = 0.0
+        self._unchecked = 0  # sends since the last read
 
     def forget_after_fork(self) -> None:
         """In a forked child: the connection and its replies belong to the parent, so drop them unread."""
@@ -290,7 +291,7 @@ class _UnreadReplies:
             if (
                 self._fd >= 0
                 and not wait
-                and (not unread or (len(unread) < READ_EVERY and now - self._last_read < READ_AFTER))
+                and (not unread or (self._unchecked < READ_EVERY and now - self._last_read < READ_AFTER))
             ):
                 # The hot path: nothing to read yet, one write().
                 sent = _Sent(lines, packed, now)
@@ -302,6 +303,7 @@ class _UnreadReplies:
                 except OSError:
                     written = -1
                 if written == len(packed):
+                    self._unchecked += 1
                     if unread[0] is sent:
                         self._last_read = now  # nothing was unread before: the read interval starts here
                     return
@@ -344,6 +346,8 @@ class _UnreadReplies:
                         self._read_ready(now)
                     self._unread.append(sent)
                     self._write(sent.packed)
+                if wait:
+                    self._read_all()
             except redis.ConnectionError:
                 if not had_connection:
                     raise
@@ -352,7 +356,9 @@ class _UnreadReplies:
                 if sent not in self._unread:
                     self._unread.append(sent)
                 self._connect()
-            if wait or len(self._unread) > MAX_UNREAD_REPLIES:
+                if wait:
+                    self._read_all()
+            if len(self._unread) > MAX_UNREAD_REPLIES:
                 self._read_all()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             self._give_up(error, sent)
@@ -438,6 +444,7 @@ class _UnreadReplies:
     def _read_ready(self, now: float) -> None:
         """Read the replies that have arrived; raise a failed one, a closed connection or an overdue reply."""
         self._last_read = now
+        self._unchecked = 0
         if self._fd >= 0:
             while self._poll.poll(0):
                 try:
@@ -449,8 +456,6 @@ class _UnreadReplies:
                 if not data:
                     raise redis.ConnectionError("Connection closed by server.")
                 self._received += data
-                if len(data) < 1 << 16:
-                    break
             if self._received:
                 if not self._unread:
                     # No reply is due, so bytes mean the server closed it or sent what we cannot use.
