@@ -201,7 +201,7 @@ SCOPE_FILES = (
     "/workspace/project/train.py",
     "/workspace/project/data/loader.py",
     "/workspace/project/model/checkpoint.py",
-    "/usr/lib/python3/dist-packages/torch/distributed/elastic/agent.py",
+    "/opt/conda/lib/python3.11/site-packages/trainer/loop.py",
 )
 
 

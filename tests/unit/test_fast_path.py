@@ -28,6 +28,7 @@ from timer_redis.store import (
     READ_EVERY,
     RELEASE_REPLY_LINES,
     _reply_end,
+    _ReplyReader,
     _Sent,
     _UnreadReplies,
 )
@@ -300,3 +301,37 @@ def test_a_forked_child_gets_its_own_connection_and_worker(client: RedisTimerCli
         assert child.exitcode == 0
     client.flush()
     assert real_store.count() == 0
+
+
+# -- the reply reader of batched watchdog commands ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cut", [1, 3, 7, 1000])
+def test_reply_reader_takes_a_reply_in_any_pieces(cut: int) -> None:
+    reply = (
+        b"*2\r\n*2\r\n$5\r\nst\r\nx\r\n*3\r\n$3\r\n1-0\r\n:42\r\n%1\r\n+k\r\n,1.5\r\n"
+        b"*4\r\n_\r\n#t\r\n$-1\r\n-WRONGTYPE nested\r\n"
+    )
+    reader = _ReplyReader()
+    done, value = False, None
+    for start in range(0, len(reply), cut):
+        assert not done
+        done, value = reader.feed(reply[start : start + cut])
+    assert done
+    assert value[0] == [b"st\r\nx", [b"1-0", 42, {b"k": 1.5}]]
+    assert value[1][:3] == [None, True, None]
+    assert isinstance(value[1][3], redis.ResponseError) and "nested" in str(value[1][3])
+
+
+def test_reply_reader_refuses_a_second_reply() -> None:
+    with pytest.raises(redis.ConnectionError, match="more than one"):
+        _ReplyReader().feed(b":1\r\n:2\r\n")
+
+
+def test_watchdog_commands_parse_replies_here_on_a_real_server(real_store: TimerStore) -> None:
+    real_store.ensure_delivery_group("node-a")
+    assert real_store.read_deliveries("node-a", "c", 10) == []
+    assert real_store._raw.execute("PING") == b"PONG"
+    with pytest.raises(redis.ResponseError, match="unknown command"):
+        real_store._raw.execute("NO-SUCH-COMMAND")
+    assert real_store._raw.execute("PING") == b"PONG", "the connection is still in step after an error reply"
