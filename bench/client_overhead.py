@@ -274,6 +274,8 @@ def run(quick: bool) -> Table:
                     contenders[name].round()
                 summary = ", ".join(f"{name} {contenders[name].seconds[-1] * 1e6:.2f}" for name in sorted(names))
                 print(f"  round {index + 1} (µs/block): {summary}", flush=True)
+            evalsha = plain.info("commandstats").get("cmdstat_evalsha", {})
+            redis_per_block = 2 * float(evalsha.get("usec_per_call", "nan")) / 1e6
         finally:
             stop.set()
             for child in children:
@@ -332,7 +334,12 @@ def run(quick: bool) -> Table:
         value = ratio("bare-writes", "torch-local-explicit")
         table.add("floor: two bare socket writes per block", fmt_us(per_block("bare-writes")),
                   f"{fmt_us(per_block('torch-local-explicit'))} (Local)", fmt_ratio(value))  # fmt: skip
+    table.add("Redis CPU per block (acquire.lua + release.lua)", fmt_us(redis_per_block))
     table.note(f"{rounds} rounds, contenders in shuffled order each round; ratio = median of per-round ratios")
+    table.note(
+        "a loop of empty blocks outruns Redis: past 256 unread replies ours waits for them, so its figure is about "
+        "the Redis CPU per block; bare writes and torch's queue only fill buffers"
+    )
     table.note(
         "torch " + (f"{version}: servers in child processes, running" if version else "not installed: its rows skipped")
     )

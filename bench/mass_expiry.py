@@ -11,6 +11,7 @@ subscriber to keyspace notifications, to the last notification.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -37,6 +38,13 @@ TARGET_SECONDS = 2.0
 LEAD_MS = 500  # the shared deadline is this far ahead of the moment it is set
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), to tell what bounds a run."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        fields = stat.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _workers(count: int) -> list[tuple[str, str]]:
     return [(f"{BENCH_NODE}:{200_000 + i}:{5_000_000 + i}", "/workspace/project/train.py#120") for i in range(count)]
 
@@ -50,9 +58,12 @@ def measure_ours(count: int, replicas: int, timeout_s: float = 90.0) -> dict[str
             deadline_ms = server_time_us(store.redis) // 1000 + LEAD_MS
             set_all_deadlines(store, deadline_ms)
             store.redis.publish(store.keys.wake_channel, f"deadline {deadline_ms}")
+            time.sleep(LEAD_MS / 1000)
+            cpu_before = _cpu_seconds(server.pid)
             stream = store.keys.deliver(BENCH_NODE)
             give_up = time.monotonic() + LEAD_MS / 1000 + timeout_s
             drained_ms = float("nan")
+            redis_cpu = float("nan")
             while time.monotonic() < give_up:
                 time.sleep(0.02)
                 pipe = store.redis.pipeline(transaction=False)
@@ -62,6 +73,7 @@ def measure_ours(count: int, replicas: int, timeout_s: float = 90.0) -> dict[str
                 live, unfinished, (seconds, micros) = pipe.execute()
                 if live == 0 and unfinished == 0:
                     drained_ms = int(seconds) * 1000 + int(micros) / 1000 - deadline_ms
+                    redis_cpu = _cpu_seconds(server.pid) - cpu_before
                     break
             group.stop()
             records = group.records()
@@ -75,11 +87,14 @@ def measure_ours(count: int, replicas: int, timeout_s: float = 90.0) -> dict[str
         "last_s": last_ms / 1000,
         "drained_s": drained_ms / 1000,
         "rate": len(copies) / (last_ms / 1000) if last_ms > 0 else float("nan"),
+        "redis_busy": redis_cpu / (drained_ms / 1000) if drained_ms > 0 else float("nan"),
+        "redis_us_per_order": redis_cpu * 1e6 / count,
     }
     spread = ", ".join(f"{per_replica[i]}" for i in sorted(per_replica))
     print(f"  ours, {replicas} replica(s): {len(copies):,}/{count:,} delivered ({spread} per replica), last after "
           f"{result['last_s']:.2f} s, drained after {result['drained_s']:.2f} s, "
-          f"{int(result['twice'])} twice", flush=True)  # fmt: skip
+          f"{int(result['twice'])} twice; redis-server busy {result['redis_busy']:.0%} "
+          f"({result['redis_us_per_order']:.0f} µs CPU per order)", flush=True)  # fmt: skip
     return result
 
 
@@ -124,6 +139,8 @@ def run(quick: bool) -> Table:
         complete and three["last_s"] <= TARGET_SECONDS,
     )
     table.add("all claimed and acknowledged, 3 replicas", f"{three['drained_s']:.2f} s")
+    table.add("redis-server CPU per order / busy, 3 replicas",
+              f"{three['redis_us_per_order']:.0f} µs / {three['redis_busy']:.0%}")  # fmt: skip
     table.add("deliveries/s, 1 replica", fmt_rate(one["rate"]), fmt_rate(baseline["rate"]),
               fmt_ratio(one["rate"] / baseline["rate"]))  # fmt: skip
     table.add("deliveries/s, 3 replicas", fmt_rate(three["rate"]), fmt_rate(baseline["rate"]),
