@@ -335,3 +335,21 @@ def test_watchdog_commands_parse_replies_here_on_a_real_server(real_store: Timer
     with pytest.raises(redis.ResponseError, match="unknown command"):
         real_store._raw.execute("NO-SUCH-COMMAND")
     assert real_store._raw.execute("PING") == b"PONG", "the connection is still in step after an error reply"
+
+
+def test_watchdog_scripts_survive_a_script_flush_on_the_raw_path(real_store: TimerStore) -> None:
+    real_store.ensure_delivery_group("node-a")
+    deadline = real_store.acquire("node-a:1:1", "s", 0.001)
+    assert deadline is not None
+    real_store.redis.script_flush()
+    while real_store.server_time_ms() < deadline:
+        time.sleep(0.001)
+    (claim,) = real_store.claim_expired(10, "me").claimed
+    assert (claim.worker, claim.scope_id, claim.deadline_ms, claim.node) == ("node-a:1:1", "s", deadline, "node-a")
+    real_store.redis.script_flush()
+    (order,) = real_store.read_deliveries("node-a", "me", 10)
+    assert (order.worker, order.pid, order.start_time, order.scope_id, order.claimer) == ("node-a:1:1", 1, 1, "s", "me")
+    assert real_store.finish_deliveries([(order, timer.DeliveryResult(timer.Outcome.OWNER_GONE, "gone"))], "me") == [
+        True
+    ]
+    assert real_store.redis.xlen(real_store.keys.deliver("node-a")) == 0, "a finished order is trimmed"
