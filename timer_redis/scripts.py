@@ -119,7 +119,7 @@ class Scripts:
     def finish_delivery(
         self, client: Any, keys: Keys, node: str, group: str, maxlen: int, replica: str, orders: Sequence[Any]
     ) -> list[bool]:
-        """Run finish_delivery.lua on a batch of orders of one node (11 values each, see the script's header);
+        """Run finish_delivery.lua on a batch of orders of one node (4 values each, see the script's header);
         returns per order whether this call acknowledged it."""
         script = self.by_name["finish_delivery"]
         reply = script([keys.deliver(node), keys.events], [group, maxlen, replica, *orders], client=client)

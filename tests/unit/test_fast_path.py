@@ -27,6 +27,7 @@ from timer_redis.store import (
     READ_AFTER,
     READ_EVERY,
     RELEASE_REPLY_LINES,
+    _parse_orders,
     _reply_end,
     _ReplyReader,
     _Sent,
@@ -353,3 +354,37 @@ def test_watchdog_scripts_survive_a_script_flush_on_the_raw_path(real_store: Tim
         True
     ]
     assert real_store.redis.xlen(real_store.keys.deliver("node-a")) == 0, "a finished order is trimmed"
+
+
+def _orders_reply(entries: list[tuple[bytes, bytes]], resp3: bool = True) -> bytes:
+    head = b"%1\r\n$2\r\nst\r\n" if resp3 else b"*1\r\n*2\r\n$2\r\nst\r\n"
+    body = b"".join(
+        b"*2\r\n$%d\r\n%s\r\n*2\r\n$5\r\norder\r\n$%d\r\n%s\r\n" % (len(i), i, len(o), o) for i, o in entries
+    )
+    return head + b"*%d\r\n" % len(entries) + body
+
+
+@pytest.mark.parametrize("resp3", [True, False])
+def test_orders_are_cut_out_of_an_xreadgroup_reply(resp3: bool) -> None:
+    entries = [(b"1-0", b"n:1:1 9 5 6 me s"), (b"1-1", b"n:2:1 9 5 6 me scope\r\nwith a line break")]
+    data = _orders_reply(entries, resp3) + b"+PONG\r\n"
+    assert _parse_orders(data, len(data) - 7) == [(i, [b"order", o]) for i, o in entries]
+
+
+def test_another_shape_is_left_to_the_generic_parser() -> None:
+    deleted = b"%1\r\n$2\r\nst\r\n*1\r\n*2\r\n$3\r\n1-0\r\n_\r\n+PONG\r\n"
+    assert _parse_orders(deleted, len(deleted) - 7) is None
+    cut_short = _orders_reply([(b"1-0", b"n:1:1 9 5 6 me a scope ending in +PONG")])[:-2]
+    assert _parse_orders(cut_short, len(cut_short) - 7) is None
+
+
+def test_read_deliveries_on_a_real_server_with_awkward_scopes(real_store: TimerStore) -> None:
+    real_store.ensure_delivery_group("node-a")
+    scopes = ["plain", "with\r\nline breaks", "ends in +PONG\r\n", "+PONG"]
+    deadlines = [real_store.acquire(f"node-a:{i + 1}:1", scope, 0.001) or 0 for i, scope in enumerate(scopes)]
+    while real_store.server_time_ms() < max(deadlines):
+        time.sleep(0.001)
+    real_store.claim_expired(10, "me")
+    orders = real_store.read_deliveries("node-a", "me", 10)
+    assert sorted(o.scope_id for o in orders) == sorted(scopes)
+    assert real_store.read_deliveries("node-a", "me", 10) == []

@@ -4,9 +4,9 @@
 -- ARGV[1] group      consumer group of the node's watchdogs
 -- ARGV[2] maxlen     int > 0, approximate cap of the events stream
 -- ARGV[3] replica    id of the finishing replica, recorded in each event
--- ARGV[4..] orders   11 values per order: entry_id, outcome (the event type: delivered, owner-gone, refused,
---                    signal-failed), worker, scope_id, pid, signal, deadline_ms, claimed_ms, claimer, detail,
---                    sent_ms ('' = no signal was sent)
+-- ARGV[4..] orders   4 values per order: entry_id; "<outcome> <pid> <signal> <deadline_ms> <claimed_ms> <sent_ms>
+--                    <worker> <claimer>" (outcome is the event type: delivered, owner-gone, refused, signal-failed;
+--                    sent_ms "-" when no signal was sent; the claimer may be empty); scope_id; detail
 -- Returns  a string of one character per order: "1" when this call acknowledged it, "0" when another replica
 --          already had (no event is written then)
 -- Errors   "BAD_ARG orders" when ARGV[4..] is not a whole number of orders; "WRONGTYPE <key> <type>"
@@ -18,7 +18,7 @@ local group = ARGV[1]
 local maxlen = ARGV[2]
 local replica = ARGV[3]
 local args = ARGV
-local per_order = 11
+local per_order = 4
 
 if (#args - 3) % per_order ~= 0 then return redis.error_reply('BAD_ARG orders ' .. (#args - 3)) end
 for _, key_and_type in ipairs({{deliver_key, 'stream'}, {events_key, 'stream'}}) do
@@ -36,16 +36,18 @@ for i = 4, #args, per_order do
   acknowledged[#acknowledged + 1] = done == 1 and '1' or '0'
   if done == 1 then
     any = true
-    local sent_ms = args[i + 10]
-    if sent_ms == '' then
-      redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'type', args[i + 1], 'worker', args[i + 2],
-        'scope_id', args[i + 3], 'pid', args[i + 4], 'signal', args[i + 5], 'deadline_ms', args[i + 6],
-        'claimed_ms', args[i + 7], 'claimer', args[i + 8], 'replica', replica, 'detail', args[i + 9])
+    local outcome, pid, signal, deadline_ms, claimed_ms, sent_ms, worker, claimer =
+      string.match(args[i + 1], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) ?(%S*)$')
+    if not outcome then return redis.error_reply('BAD_ARG order ' .. args[i + 1]) end
+    if sent_ms == '-' then
+      redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'type', outcome, 'worker', worker,
+        'scope_id', args[i + 2], 'pid', pid, 'signal', signal, 'deadline_ms', deadline_ms,
+        'claimed_ms', claimed_ms, 'claimer', claimer, 'replica', replica, 'detail', args[i + 3])
     else
-      redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'type', args[i + 1], 'worker', args[i + 2],
-        'scope_id', args[i + 3], 'pid', args[i + 4], 'signal', args[i + 5], 'deadline_ms', args[i + 6],
-        'claimed_ms', args[i + 7], 'claimer', args[i + 8], 'replica', replica, 'detail', args[i + 9],
-        'sent_ms', sent_ms, 'lag_ms', string.format('%d', tonumber(sent_ms) - tonumber(args[i + 6])))
+      redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'type', outcome, 'worker', worker,
+        'scope_id', args[i + 2], 'pid', pid, 'signal', signal, 'deadline_ms', deadline_ms,
+        'claimed_ms', claimed_ms, 'claimer', claimer, 'replica', replica, 'detail', args[i + 3],
+        'sent_ms', sent_ms, 'lag_ms', string.format('%d', tonumber(sent_ms) - tonumber(deadline_ms)))
     end
   end
 end
