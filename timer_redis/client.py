@@ -11,7 +11,8 @@ from .api import TimerClient
 from .errors import InvalidArgumentError
 from .process import Owner
 from .settings import TimerSettings, parse_signal, url_from_env
-from .store import TimerStore, _WorkerCommands
+from .store import TimerStore
+from .wire import WorkerCommands
 
 # An expiration time already in the past still makes a timer, due at once (torch reaps it on the next pass too).
 MIN_TTL_SECONDS = 0.001
@@ -66,7 +67,7 @@ class RedisTimerClient(TimerClient):
         self._worker_pid = -1
         self._worker = ""
         # The fast path's packed commands for this process' worker (rebuilt after a fork, when the pid changes).
-        self._commands: _WorkerCommands | None = None
+        self._commands: WorkerCommands | None = None
         self._commands_pid = -1
 
     @property
@@ -113,7 +114,7 @@ class RedisTimerClient(TimerClient):
         commands = self._commands if pid == self._commands_pid else self._commands_of(pid)
         commands.release(scope_id, self._wait)  # type: ignore[union-attr]
 
-    def _commands_of(self, pid: int) -> _WorkerCommands:
+    def _commands_of(self, pid: int) -> WorkerCommands:
         signal = self.store.settings.signal if self._signal is None else parse_signal(self._signal)
         commands = self.store.worker_commands(self.worker_id(), signal)
         self._commands, self._commands_pid = commands, pid
