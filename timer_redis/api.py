@@ -95,7 +95,7 @@ class expires:  # a context manager class, named like torch's function
 
     def __init__(self, after: float, scope: str | None = None, client: Any = None) -> None:
         if client is None:
-            client = _default_client
+            client = self._configured_client()
             if client is None:
                 raise RuntimeError("Configure timer client before using countdown timers.")
         self._after = check_after(after)
@@ -104,6 +104,11 @@ class expires:  # a context manager class, named like torch's function
             caller = sys._getframe(1)
             scope = f"{caller.f_code.co_filename}#{caller.f_lineno}"
         self._scope = scope
+
+    @staticmethod
+    def _configured_client() -> Any:
+        """The client ``configure()`` set (the asyncio twin reads its own)."""
+        return _default_client
 
     def __enter__(self) -> None:
         self._client.acquire(self._scope, time.time() + self._after)

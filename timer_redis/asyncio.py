@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -31,7 +30,7 @@ import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .api import check_after
+from . import api
 from .client import MIN_TTL_SECONDS
 from .errors import InvalidArgumentError, StoreUnavailableError, WrongTypeError
 from .keys import Keys, check_scope_id
@@ -196,7 +195,7 @@ def get_default_client() -> AsyncRedisTimerClient | None:
     return _default_client
 
 
-class expires:  # an async context manager class, named like torch's function
+class expires(api.expires):  # an async context manager class, named like torch's function
     """Run a block under a countdown timer: ``async with expires(after=30): await step()``.
 
     Same semantics as ``timer_redis.expires``: if the block does not finish within ``after`` seconds a watchdog
@@ -213,19 +212,14 @@ class expires:  # an async context manager class, named like torch's function
         InvalidArgumentError: ``after`` is not a finite positive number.
     """
 
-    __slots__ = ("_after", "_client", "_scope")
+    __slots__ = ()
 
-    def __init__(self, after: float, scope: str | None = None, client: Any = None) -> None:
-        if client is None:
-            client = _default_client
-            if client is None:
-                raise RuntimeError("Configure timer client before using countdown timers.")
-        self._after = check_after(after)
-        self._client = client
-        if scope is None:
-            caller = sys._getframe(1)
-            scope = f"{caller.f_code.co_filename}#{caller.f_lineno}"
-        self._scope = scope
+    @staticmethod
+    def _configured_client() -> Any:
+        return _default_client
+
+    def __enter__(self) -> None:
+        raise TypeError("timer_redis.asyncio.expires() is an async context manager: use `async with`")
 
     async def __aenter__(self) -> None:
         await self._client.acquire(self._scope, time.time() + self._after)
