@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import redis
+
+from tests.redis_server import RedisServer
 
 # The namespace every benchmark uses for its own timers.
 NAMESPACE = "bench"
@@ -30,71 +27,24 @@ NAMESPACE = "bench"
 BENCH_NODE = "bench-node"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class BenchRedis:
-    """A redis-server of one benchmark: no persistence, a free port, extra config as ``--name value`` pairs."""
+class BenchRedis(RedisServer):
+    """A redis-server of one benchmark (the tests' own starter): no persistence, a free port, extra config as
+    ``name=value`` keywords (``notify_keyspace_events="Ex"``). Started on construction, stopped on exit."""
 
     def __init__(self, **config: str) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is not on PATH (apt-get install redis-server)")
-        self.port = free_port()
-        self.data_dir = Path(tempfile.mkdtemp(prefix="timer-redis-bench-"))
-        args = [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(self.data_dir), "--loglevel", "warning",
-        ]  # fmt: skip
-        for name, value in config.items():
-            args += [f"--{name.replace('_', '-')}", value]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        probe = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 10
-        while True:
-            if self.process.poll() is not None:
-                stderr = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {stderr}")
-            try:
-                if probe.ping():
-                    break
-            except (redis.ConnectionError, redis.exceptions.BusyLoadingError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"redis-server on port {self.port} did not answer PING")
-            time.sleep(0.02)
-        probe.close()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        super().__init__(config=config)
+        self.start()
 
     @property
     def pid(self) -> int:
+        assert self.process is not None
         return self.process.pid
 
     def client(self, **kwargs: Any) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-
     def __enter__(self) -> BenchRedis:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def server_time_us(client: redis.Redis) -> int:

@@ -40,65 +40,18 @@ SCOPE = "bench"
 Blocks = Callable[[int], int]  # runs n blocks, returns how many failed
 
 
-# -- the blocks, one function per contender so that a default scope names a real caller ---------------------------
+# -- the blocks: the same loop for every contender, so each pays the same stack depth for a default scope ----------
 
 
-def _ours_explicit(client: Any) -> Blocks:
-    expires = timer_redis.expires
-
-    def blocks(n: int) -> int:
-        failed = 0
-        for _ in range(n):
-            try:
-                with expires(after=10, scope=SCOPE, client=client):
-                    pass
-            except Exception:
-                failed += 1
-        return failed
-
-    return blocks
-
-
-def _ours_default(client: Any) -> Blocks:
-    expires = timer_redis.expires
+def _blocks(expires: Callable[..., Any], client: Any, scope: str | None) -> Blocks:
+    """n blocks of ``with expires(after=10): pass``; ``scope=None`` leaves the contender its default scope."""
+    scope_kwargs = {} if scope is None else {"scope": scope}
 
     def blocks(n: int) -> int:
         failed = 0
         for _ in range(n):
             try:
-                with expires(after=10, client=client):
-                    pass
-            except Exception:
-                failed += 1
-        return failed
-
-    return blocks
-
-
-def _torch_explicit(client: Any) -> Blocks:
-    from torch.distributed.elastic.timer import expires
-
-    def blocks(n: int) -> int:
-        failed = 0
-        for _ in range(n):
-            try:
-                with expires(after=10, scope=SCOPE, client=client):
-                    pass
-            except Exception:
-                failed += 1
-        return failed
-
-    return blocks
-
-
-def _torch_default(client: Any) -> Blocks:
-    from torch.distributed.elastic.timer import expires
-
-    def blocks(n: int) -> int:
-        failed = 0
-        for _ in range(n):
-            try:
-                with expires(after=10, client=client):
+                with expires(after=10, client=client, **scope_kwargs):
                     pass
             except Exception:
                 failed += 1
@@ -228,6 +181,7 @@ def run(quick: bool) -> Table:
         if version is not None:
             warnings.filterwarnings("ignore")
             from torch.distributed.elastic.timer import FileTimerClient, LocalTimerClient
+            from torch.distributed.elastic.timer import expires as torch_expires
 
             queue = context.Queue()
             children.append(context.Process(target=_local_server, args=(queue, stop), daemon=True))
@@ -249,18 +203,19 @@ def run(quick: bool) -> Table:
 
             local = LocalTimerClient(queue)
             file_client = FileTimerClient(fifo)
-            contenders["torch-local-explicit"] = _Contender("torch Local", _torch_explicit(local), drain_queue)
-            contenders["torch-local-default"] = _Contender("torch Local", _torch_default(local), drain_queue)
-            contenders["torch-file-explicit"] = _Contender("torch File", _torch_explicit(file_client), let_fifo_drain)
-            contenders["torch-file-default"] = _Contender("torch File", _torch_default(file_client), let_fifo_drain)
+            for kind, torch_client, settle in (("local", local, drain_queue), ("file", file_client, let_fifo_drain)):
+                label = f"torch {kind.capitalize()}"
+                for style, scope in (("explicit", SCOPE), ("default", None)):
+                    blocks = _blocks(torch_expires, torch_client, scope)
+                    contenders[f"torch-{kind}-{style}"] = _Contender(label, blocks, settle)
 
         client = timer_redis.RedisTimerClient(url=server.url, namespace=NAMESPACE)
         strict = timer_redis.RedisTimerClient(url=server.url, namespace=NAMESPACE, strict=True)
         plain = redis.Redis.from_url(server.url)
         bare, drain_bare = _bare_writes(server.port, client.store)
-        contenders["ours-explicit"] = _Contender("ours", _ours_explicit(client), client.flush)
-        contenders["ours-default"] = _Contender("ours", _ours_default(client), client.flush)
-        contenders["ours-strict"] = _Contender("ours strict", _ours_explicit(strict))
+        contenders["ours-explicit"] = _Contender("ours", _blocks(timer_redis.expires, client, SCOPE), client.flush)
+        contenders["ours-default"] = _Contender("ours", _blocks(timer_redis.expires, client, None), client.flush)
+        contenders["ours-strict"] = _Contender("ours strict", _blocks(timer_redis.expires, strict, SCOPE))
         contenders["redis-py"] = _Contender("redis-py", _redis_py_round_trips(plain))
         contenders["bare-writes"] = _Contender("bare writes", bare, drain_bare)
         try:

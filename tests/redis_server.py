@@ -28,9 +28,17 @@ class RedisServer:
         appendonly: keep an AOF in ``data_dir`` (fsync every write), so a kill -9 loses nothing.
         data_dir: where the AOF lives; a fresh temporary folder by default.
         port: fixed port (a restart reuses the old one); a free one by default.
+        config: more server settings, ``notify_keyspace_events="Ex"`` becomes ``--notify-keyspace-events Ex``.
     """
 
-    def __init__(self, *, appendonly: bool = False, data_dir: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        appendonly: bool = False,
+        data_dir: str | None = None,
+        port: int | None = None,
+        config: dict[str, str] | None = None,
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server is not on PATH")
@@ -38,6 +46,7 @@ class RedisServer:
         self.appendonly = appendonly
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="timer-redis-test-"))
         self.port = port or free_port()
+        self.config = config or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -50,6 +59,8 @@ class RedisServer:
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.data_dir),
             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always", "--loglevel", "warning",
         ]  # fmt: skip
+        for name, value in self.config.items():
+            args += [f"--{name.replace('_', '-')}", value]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         probe = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
