@@ -27,17 +27,15 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from . import api
 from .client import MIN_TTL_SECONDS
 from .errors import InvalidArgumentError, StoreUnavailableError, WrongTypeError
 from .keys import Keys, check_scope_id
-from .process import Owner
+from .process import Owner, check_pid
 from .scripts import domain_error, script_source
 from .settings import TimerSettings, parse_signal, url_from_env
-from .store import mask_url, ttl_to_ms
+from .store import connection_options, describe_client, mask_url, ttl_to_ms
 
 __all__ = ["AsyncRedisTimerClient", "configure", "expires", "get_default_client"]
 
@@ -77,23 +75,15 @@ class AsyncRedisTimerClient:
         if redis_client is None:
             raw_url = url_from_env(url)
             try:
-                redis_client = aioredis.Redis.from_url(
-                    raw_url,
-                    socket_timeout=settings.socket_timeout,
-                    socket_connect_timeout=settings.socket_timeout,
-                    retry=Retry(NoBackoff(), 1),
-                )
+                redis_client = aioredis.Redis.from_url(raw_url, **connection_options(settings))
             except ValueError as error:
                 raise InvalidArgumentError(f"bad Redis URL {mask_url(raw_url)!r}: {error}") from None
             self.url = mask_url(raw_url)
         else:
-            kwargs = redis_client.connection_pool.connection_kwargs
-            self.url = f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+            self.url = describe_client(redis_client)
         self.redis = redis_client
         self._signal = settings.signal if signal is None else parse_signal(signal)
-        if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid < 1):
-            raise InvalidArgumentError(f"pid must be a positive int, got {pid!r}")
-        self._fixed_pid = pid
+        self._fixed_pid = check_pid(pid)
         self._clock = clock
         self._worker_pid = -1
         self._worker = ""

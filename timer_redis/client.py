@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from .api import TimerClient
 from .errors import InvalidArgumentError
-from .process import Owner
+from .process import Owner, check_pid
 from .settings import TimerSettings, parse_signal, url_from_env
 from .store import TimerStore
 from .wire import WorkerCommands
@@ -60,9 +60,7 @@ class RedisTimerClient(TimerClient):
         self.store = store
         self._signal = store.settings.signal if signal is None else signal
         self._wait = store.settings.strict if strict is None else strict
-        if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid < 1):
-            raise InvalidArgumentError(f"pid must be a positive int, got {pid!r}")
-        self._fixed_pid = pid
+        self._fixed_pid = check_pid(pid)
         self._clock = clock
         self._worker_pid = -1
         self._worker = ""

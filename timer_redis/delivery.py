@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import os
 import signal as signal_module
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from .process import ProcessState, read_process
@@ -39,22 +39,6 @@ class DeliveryOrder:
     deadline_ms: int
     claimed_ms: int
     claimer: str = ""
-
-    @classmethod
-    def from_fields(cls, entry_id: str, fields: Mapping[str, str]) -> DeliveryOrder:
-        """Build an order from a stream entry's fields."""
-        return cls(
-            entry_id=entry_id,
-            worker=fields["worker"],
-            node=fields["node"],
-            pid=int(fields["pid"]),
-            start_time=int(fields["start_time"]),
-            signal=int(fields["signal"]),
-            scope_id=fields.get("scope_id", ""),
-            deadline_ms=int(float(fields["deadline_ms"])),
-            claimed_ms=int(fields["claimed_ms"]),
-            claimer=fields.get("claimer", ""),
-        )
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+from .errors import InvalidArgumentError
 from .keys import check_node, worker_id
 
 NODE_ENV = "TIMER_REDIS_NODE"
@@ -35,6 +36,17 @@ def read_process(pid: int) -> ProcessState | None:
     # The command name (field 2) is in parentheses and may hold spaces or ")", so split after the last ")".
     fields = stat[stat.rindex(b")") + 2 :].split()
     return ProcessState(start_time=int(fields[19]), uid=uid, zombie=fields[0] in (b"Z", b"X"))
+
+
+def check_pid(pid: object) -> int | None:
+    """Return ``pid`` if it is None or a positive int, else raise.
+
+    Raises:
+        InvalidArgumentError: a bool, a non-int, zero or a negative number.
+    """
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid < 1):
+        raise InvalidArgumentError(f"pid must be a positive int, got {pid!r}")
+    return pid
 
 
 def process_start_time(pid: int) -> int:

@@ -128,7 +128,19 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def _describe_client(client: Any) -> str:
+def connection_options(settings: TimerSettings) -> dict[str, Any]:
+    """The redis-py connection arguments every client of ours uses (sync and asyncio alike)."""
+    return {
+        "socket_timeout": settings.socket_timeout,
+        "socket_connect_timeout": settings.socket_timeout,
+        # One immediate retry, on a broken connection only: a pooled socket Redis closed (a restart) is replaced
+        # at once, while an unreachable or hung Redis surfaces within one socket timeout, not after a backoff.
+        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+    }
+
+
+def describe_client(client: Any) -> str:
+    """A URL-like name of a ready client's server, for error messages (no password: none is in it)."""
     pool = getattr(client, "connection_pool", None)
     kwargs = getattr(pool, "connection_kwargs", {}) if pool is not None else {}
     if "path" in kwargs:
@@ -202,7 +214,7 @@ class TimerStore:
         self.keys = Keys(settings.namespace)
         self.redis = redis_client
         self.scripts = Scripts(redis_client)
-        self.url = mask_url(url) if url else _describe_client(redis_client)
+        self.url = mask_url(url) if url else describe_client(redis_client)
         self._unread = UnreadReplies(self)
         self._raw = RawCommands(redis_client)
         self._worker_commands: dict[tuple[str, int], WorkerCommands] = {}
@@ -217,11 +229,7 @@ class TimerStore:
             InvalidArgumentError: the URL cannot be parsed.
         """
         settings = settings or TimerSettings()
-        redis_kwargs.setdefault("socket_timeout", settings.socket_timeout)
-        redis_kwargs.setdefault("socket_connect_timeout", settings.socket_timeout)
-        # One immediate retry, on a broken connection only: a pooled socket Redis closed (a restart) is replaced
-        # at once, while an unreachable or hung Redis surfaces within one socket timeout, not after a backoff.
-        redis_kwargs.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
+        redis_kwargs = {**connection_options(settings), **redis_kwargs}
         try:
             client = redis.Redis.from_url(url, **redis_kwargs)
         except ValueError as error:
@@ -394,12 +402,12 @@ class TimerStore:
             max_score: str | int = "+inf"
             if due_only or within is not None:
                 max_score = self.server_time_ms() + (0 if due_only else math.ceil((within or 0) * 1000))
+            if worker is not None:
+                return self._timers_of(worker, max_score, node, limit)
             rows = self.redis.zrange(self.keys.deadlines, "-inf", max_score, byscore=True, withscores=True)
             timers: TimerRows = []
             for member, score in rows:
                 member_worker, scope_id = split_member(_text(member))
-                if worker is not None and member_worker != worker:
-                    continue
                 if node is not None and member_worker.rsplit(":", 2)[0] != node:
                     continue
                 timers.append((member_worker, scope_id, int(score)))
@@ -413,6 +421,26 @@ class TimerStore:
             TimerInfo(w, s, d, int(a) if a else None, int(g) if g else None)
             for (w, s, d), (a, g) in zip(timers, details, strict=True)
         ]
+
+    def _timers_of(self, worker: str, max_score: str | int, node: str | None, limit: int | None) -> TimerInfos:
+        """One worker's timers, found through its hash in O(its timers) rather than by scanning every deadline."""
+        parse_worker_id(worker)
+        if node is not None and worker.rsplit(":", 2)[0] != node:
+            return []
+        fields = {_text(k): v for k, v in self.redis.hgetall(self.keys.worker(worker)).items()}
+        signal = fields.pop("", None)
+        scopes = list(fields)
+        scores = self.redis.zmscore(self.keys.deadlines, [timer_member(worker, s) for s in scopes]) if scopes else []
+        ceiling = math.inf if max_score == "+inf" else int(max_score)
+        timers = sorted(
+            (
+                TimerInfo(worker, scope_id, int(score), int(fields[scope_id]), int(signal) if signal else None)
+                for scope_id, score in zip(scopes, scores, strict=True)
+                if score is not None and score <= ceiling
+            ),
+            key=lambda timer: timer.deadline_ms,
+        )
+        return timers[:limit]
 
     def server_time_ms(self) -> int:
         """Now on the Redis server's clock, in ms (the clock every deadline is on)."""
@@ -566,14 +594,21 @@ class TimerStore:
             ``started_ms`` as recorded: the server time of the first heartbeat when None was given.
         """
         with self.translated_errors(self.keys.replicas):
-            now_ms = self.server_time_ms()
+            # Two round trips: read the clock and the other heartbeats together, then write ours and drop the dead.
+            reads = self.redis.pipeline(transaction=False)
+            reads.time()
+            reads.hgetall(self.keys.replicas)
+            (seconds, micros), others = reads.execute()
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
             started_ms = started_ms or now_ms
             record = {"node": node, "pid": os.getpid(), "last_seen_ms": now_ms, "started_ms": started_ms}
-            self.redis.hset(self.keys.replicas, replica, json.dumps(record))
             forget_before_ms = now_ms - int(FORGET_REPLICA_SECONDS * 1000)
-            gone = [name for name, other in self.replicas().items() if other["last_seen_ms"] < forget_before_ms]
+            gone = [name for name, other in others.items() if json.loads(other)["last_seen_ms"] < forget_before_ms]
+            writes = self.redis.pipeline(transaction=False)
+            writes.hset(self.keys.replicas, replica, json.dumps(record))
             if gone:
-                self.redis.hdel(self.keys.replicas, *gone)
+                writes.hdel(self.keys.replicas, *gone)
+            writes.execute()
         return started_ms
 
     def forget_replica(self, replica: str) -> None:
@@ -663,15 +698,8 @@ class TimerStore:
         return 0
 
     def _order(self, entry_id: Any, fields: Any) -> DeliveryOrder:
-        """A delivery order from a stream entry's fields (a dict, or the flat list of a raw reply)."""
-        if type(fields) is list and len(fields) == 2 and fields[0] == b"order":
-            packed = fields[1]  # the usual case, read raw
-        else:
-            if not isinstance(fields, dict):
-                fields = dict(zip(fields[::2], fields[1::2], strict=True))
-            packed = fields.get(b"order", fields.get("order"))
-        if packed is None:  # queued by a version that wrote one field per value
-            return DeliveryOrder.from_fields(_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
+        """A delivery order from a stream entry's fields (the flat list of a raw reply, or redis-py's dict)."""
+        packed = fields[1] if isinstance(fields, list) else fields[b"order"]
         # "<worker> <signal> <deadline_ms> <claimed_ms> <claimer> <scope_id>" (claim_expired.lua); the scope last,
         # as it may hold spaces.
         worker, signal, deadline_ms, claimed_ms, claimer, scope_id = _text(packed).split(" ", 5)

@@ -34,6 +34,19 @@ if TYPE_CHECKING:
 MAX_UNREAD_REPLIES = 256
 
 
+def _recv(sock: socket.socket, size: int) -> bytes:
+    """Up to ``size`` bytes; a timeout, a socket error or a closed connection as redis-py's exceptions."""
+    try:
+        data = sock.recv(size)
+    except TimeoutError as error:
+        raise redis.TimeoutError("Timeout reading from socket") from error
+    except OSError as error:
+        raise redis.ConnectionError(f"Error reading from socket: {error}") from error
+    if not data:
+        raise redis.ConnectionError("Connection closed by server.")
+    return data
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -363,15 +376,7 @@ class UnreadReplies:
             self._take_replies()
             if not self._unread:
                 return
-            try:
-                data = self._socket.recv(1 << 16)
-            except TimeoutError as error:
-                raise redis.TimeoutError("Timeout reading from socket") from error
-            except OSError as error:
-                raise redis.ConnectionError(f"Error reading from socket: {error}") from error
-            if not data:
-                raise redis.ConnectionError("Connection closed by server.")
-            self._received += data
+            self._received += _recv(self._socket, 1 << 16)
 
     def _take_replies(self) -> None:
         """Match the received bytes with the unread commands, oldest first; raise the first failed reply."""
@@ -595,15 +600,7 @@ def _read_reply(connection: Any) -> Any:
         return connection.read_response()
     reader = _ReplyReader()
     while True:
-        try:
-            chunk = sock.recv(1 << 20)
-        except TimeoutError as error:
-            raise redis.TimeoutError("Timeout reading from socket") from error
-        except OSError as error:
-            raise redis.ConnectionError(f"Error while reading from socket: {error}") from error
-        if not chunk:
-            raise redis.ConnectionError("Connection closed by server.")
-        done, value = reader.feed(chunk)
+        done, value = reader.feed(_recv(sock, 1 << 20))
         if done:
             if isinstance(value, redis.ResponseError):
                 raise value

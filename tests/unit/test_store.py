@@ -207,3 +207,16 @@ def test_stats_report_live_due_and_pending(store: TimerStore) -> None:
     assert stats["stuck_nodes"] == ["node-a"], "an order waits and node-a has no live replica"
     store.heartbeat("replica-1", "node-a")
     assert store.stats()["stuck_nodes"] == []
+
+
+def test_listing_one_worker_agrees_with_filtering_all_timers(store: TimerStore) -> None:
+    """list(worker=...) reads the worker's own hash; it must give what a scan of every deadline would."""
+    store.acquire(ALICE, "late", 300, signal="TERM")
+    store.acquire(BOB, "soon", 5)
+    store.acquire(ALICE, "middle", 60, signal="TERM")
+    mine = [t for t in store.list() if t.worker == ALICE.worker_id]
+    assert store.list(worker=ALICE.worker_id) == mine and [t.scope_id for t in mine] == ["middle", "late"]
+    assert [t.scope_id for t in store.list(worker=ALICE.worker_id, within=61)] == ["middle"]
+    assert [t.scope_id for t in store.list(worker=ALICE.worker_id, limit=1)] == ["middle"]
+    assert store.list(worker=ALICE.worker_id, node="node-b") == []
+    assert store.list(worker=ALICE.worker_id, due_only=True) == []

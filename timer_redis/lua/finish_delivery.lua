@@ -19,6 +19,7 @@ local maxlen = ARGV[2]
 local replica = ARGV[3]
 local args = ARGV
 local per_order = 4
+local unpack = unpack or table.unpack  -- Lua 5.1 in Redis, 5.4 under lupa
 
 if (#args - 3) % per_order ~= 0 then return redis.error_reply('BAD_ARG orders ' .. (#args - 3)) end
 for _, key_and_type in ipairs({{deliver_key, 'stream'}, {events_key, 'stream'}}) do
@@ -39,16 +40,16 @@ for i = 4, #args, per_order do
     local outcome, pid, signal, deadline_ms, claimed_ms, sent_ms, worker, claimer =
       string.match(args[i + 1], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) ?(%S*)$')
     if not outcome then return redis.error_reply('BAD_ARG order ' .. args[i + 1]) end
-    if sent_ms == '-' then
-      redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'type', outcome, 'worker', worker,
-        'scope_id', args[i + 2], 'pid', pid, 'signal', signal, 'deadline_ms', deadline_ms,
-        'claimed_ms', claimed_ms, 'claimer', claimer, 'replica', replica, 'detail', args[i + 3])
-    else
-      redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'type', outcome, 'worker', worker,
-        'scope_id', args[i + 2], 'pid', pid, 'signal', signal, 'deadline_ms', deadline_ms,
-        'claimed_ms', claimed_ms, 'claimer', claimer, 'replica', replica, 'detail', args[i + 3],
-        'sent_ms', sent_ms, 'lag_ms', string.format('%d', tonumber(sent_ms) - tonumber(deadline_ms)))
+    local event = {'type', outcome, 'worker', worker, 'scope_id', args[i + 2], 'pid', pid, 'signal', signal,
+      'deadline_ms', deadline_ms, 'claimed_ms', claimed_ms, 'claimer', claimer, 'replica', replica,
+      'detail', args[i + 3]}
+    if sent_ms ~= '-' then
+      event[#event + 1] = 'sent_ms'
+      event[#event + 1] = sent_ms
+      event[#event + 1] = 'lag_ms'
+      event[#event + 1] = string.format('%d', tonumber(sent_ms) - tonumber(deadline_ms))
     end
+    redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', unpack(event))
   end
 end
 
