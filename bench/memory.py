@@ -90,7 +90,7 @@ def run(quick: bool) -> Table:
         },
     )
     for name, size in short_parts.items():
-        table.add(f"  {name} (MEMORY USAGE) / timers", f"{size / count:.0f} B", raw={"ours": Quantity(size, "B")})
+        table.add(f"  {name}: MEMORY USAGE / timers", f"{size / count:.0f} B", raw={"ours": Quantity(size, "B")})
     normalized = long - extra
     table.add(
         f"scopes {extra} B longer (> 64 B): used_memory growth / timers, less {extra} B",
@@ -107,7 +107,7 @@ def run(quick: bool) -> Table:
         },
     )
     for name, size in long_parts.items():
-        table.add(f"  {name} (MEMORY USAGE) / timers, long scopes", f"{size / count:.0f} B",
+        table.add(f"  {name}: MEMORY USAGE / timers, long scopes", f"{size / count:.0f} B",
                   raw={"ours": Quantity(size, "B")})  # fmt: skip
     sample_worker, sample_scope = realistic_timer(0)
     table.note(
