@@ -17,7 +17,6 @@ watchdogs) and waits for every reply. A client is bound to the event loop it fir
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,17 +24,17 @@ from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
 
-import redis
 import redis.asyncio as aioredis
 
 from . import api
 from .client import MIN_TTL_SECONDS
-from .errors import InvalidArgumentError, StoreUnavailableError, WrongTypeError
+from .connection import check_url, connection_options, describe_client, mask_url, translate_error
+from .errors import InvalidArgumentError
 from .keys import Keys, check_scope_id
 from .process import Owner, check_pid
-from .scripts import domain_error, script_source
+from .scripts import script_source
 from .settings import TimerSettings, parse_signal, url_from_env
-from .store import connection_options, describe_client, mask_url, ttl_to_ms
+from .validation import seconds_to_ms, timestamp
 
 __all__ = ["AsyncRedisTimerClient", "configure", "expires", "get_default_client"]
 
@@ -73,7 +72,7 @@ class AsyncRedisTimerClient:
         self.settings = settings
         self.keys = Keys(settings.namespace)
         if redis_client is None:
-            raw_url = url_from_env(url)
+            raw_url = check_url(url_from_env(url))
             try:
                 redis_client = aioredis.Redis.from_url(raw_url, **connection_options(settings))
             except ValueError as error:
@@ -105,20 +104,14 @@ class AsyncRedisTimerClient:
 
     @asynccontextmanager
     async def _translated_errors(self) -> AsyncIterator[None]:
+        """Our exceptions in place of redis-py's, as in the sync store (``connection.translate_error``)."""
         try:
             yield
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
-            raise StoreUnavailableError(f"Redis at {self.url} is unreachable: {error}") from error
-        except redis.ResponseError as error:
-            if "wrong kind of value" in str(error):
-                raise WrongTypeError(
-                    f"wrongtype: a key of namespace {self.keys.namespace!r} holds another Redis type than timer_redis "
-                    "uses"
-                ) from None
-            ours = domain_error(error)
-            if ours is not None:
-                raise ours from None
-            raise
+        except Exception as error:
+            ours = translate_error(error, self.url, self.keys.namespace)
+            if ours is None:
+                raise
+            raise ours from error
 
     async def acquire(self, scope_id: str, expiration_time: float) -> int:
         """Start (or replace) the timer of ``scope_id``, due at ``expiration_time`` on this client's clock.
@@ -131,16 +124,13 @@ class AsyncRedisTimerClient:
             WrongTypeError: a key of the namespace holds another type; nothing was written.
             StoreUnavailableError: Redis could not be reached.
         """
-        if isinstance(expiration_time, bool) or not isinstance(expiration_time, (int, float)):
-            raise InvalidArgumentError(f"expiration_time must be a number, got {expiration_time!r}")
-        if not math.isfinite(expiration_time):
-            raise InvalidArgumentError(f"expiration_time must be finite, got {expiration_time!r}")
+        expiration_time = timestamp("expiration_time", expiration_time)
         return await self.acquire_for(scope_id, max(expiration_time - self._clock(), MIN_TTL_SECONDS))
 
     async def acquire_for(self, scope_id: str, ttl: float) -> int:
         """Start (or replace) the timer of ``scope_id``, due ``ttl`` seconds from now; returns the deadline ms."""
         check_scope_id(scope_id)
-        ttl_ms = ttl_to_ms(ttl)
+        ttl_ms = seconds_to_ms("ttl", ttl)
         worker = self.worker_id()
         args: list[str | int] = [worker, scope_id, ttl_ms, self._signal, self.keys.wake_channel]
         async with self._translated_errors():

@@ -12,6 +12,7 @@ from .errors import InvalidArgumentError
 from .process import Owner, check_pid
 from .settings import TimerSettings, parse_signal, url_from_env
 from .store import TimerStore
+from .validation import timestamp
 from .wire import WorkerCommands
 
 # An expiration time already in the past still makes a timer, due at once (torch reaps it on the next pass too).
@@ -89,13 +90,7 @@ class RedisTimerClient(TimerClient):
             InvalidArgumentError: bad scope_id or expiration_time; nothing was written.
             StoreUnavailableError: Redis could not be reached.
         """
-        kind = type(expiration_time)
-        if (kind is not float and kind is not int) and (
-            isinstance(expiration_time, bool) or not isinstance(expiration_time, (int, float))
-        ):
-            raise InvalidArgumentError(f"expiration_time must be a number, got {expiration_time!r}")
-        if not math.isfinite(expiration_time):
-            raise InvalidArgumentError(f"expiration_time must be finite, got {expiration_time!r}")
+        expiration_time = timestamp("expiration_time", expiration_time)
         # At least 1 ms: an expiration time already in the past makes a timer due at once (MIN_TTL_SECONDS).
         ttl_ms = math.ceil((expiration_time - self._clock()) * 1000)
         pid = self._fixed_pid or os.getpid()

@@ -19,6 +19,8 @@ MAX_NODE_LENGTH = 128
 _NODE_PATTERN = re.compile(r"^[A-Za-z0-9_.@+=-]+$")
 _NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9_.:@+=/-]+$")
 MEMBER_SEPARATOR = "|"
+# The consumer group of each node's delivery stream: that node's watchdog replicas.
+DELIVERY_GROUP = "watchdogs"
 
 
 def check_namespace(namespace: object) -> str:
@@ -82,6 +84,11 @@ def parse_worker_id(worker: str) -> tuple[str, int, int]:
     ):
         raise InvalidArgumentError(f"worker id must look like 'node:pid:start_time', got {worker!r}")
     return parts[0], int(parts[1]), int(parts[2])
+
+
+def node_of(worker: str) -> str:
+    """The node part of a worker id, without checking the rest (for filtering ids as Redis holds them)."""
+    return worker.rsplit(":", 2)[0]
 
 
 def timer_member(worker: str, scope_id: str) -> str:

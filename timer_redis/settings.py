@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 from collections.abc import Mapping
@@ -10,14 +9,9 @@ from dataclasses import dataclass, field, replace
 
 from .errors import InvalidArgumentError
 from .keys import check_namespace
+from .validation import seconds, whole_number
 
 DEFAULT_URL = "redis://localhost:6379/0"
-
-
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise InvalidArgumentError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def parse_signal(value: object) -> int:
@@ -76,11 +70,9 @@ class TimerSettings:
         check_namespace(self.namespace)
         object.__setattr__(self, "signal", parse_signal(self.signal))
         for name in ("max_interval", "lease", "socket_timeout"):
-            _positive(name, getattr(self, name))
+            seconds(name, getattr(self, name))
         for name in ("claim_batch", "events_maxlen"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidArgumentError(f"{name} must be an int >= 1, got {value!r}")
+            whole_number(name, getattr(self, name))
 
     def with_changes(self, **changes: object) -> TimerSettings:
         """A copy with the given fields replaced (and checked again)."""

@@ -37,7 +37,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from math import inf
 from typing import Any
 
 from torch.distributed.elastic.timer import api as torch_api
@@ -51,6 +50,7 @@ from .keys import check_node, parse_worker_id
 from .process import Owner
 from .settings import TimerSettings, url_from_env
 from .store import TimerStore
+from .validation import seconds, timestamp
 from .watchdog import PassResult, Watchdog
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,7 @@ class RedisTimerServer(torch_api.TimerServer):  # type: ignore[misc,unused-ignor
         deliverer: Callable[[DeliveryOrder], DeliveryResult] | None = None,
         settings: TimerSettings | None = None,
     ) -> None:
-        if isinstance(max_interval, bool) or not isinstance(max_interval, (int, float)) or not 0 < max_interval < inf:
-            raise InvalidArgumentError(f"max_interval must be a finite number > 0, got {max_interval!r}")
+        max_interval = seconds("max_interval", max_interval)
         if isinstance(mp_queue, str):
             if url is not None:
                 raise InvalidArgumentError("pass the Redis URL once: as the first argument or as url=")
@@ -206,9 +205,7 @@ class RedisTimerServer(torch_api.TimerServer):  # type: ignore[misc,unused-ignor
         """
         for request in timer_requests:
             worker = self.worker_id_of(request.worker_id)
-            expiration = request.expiration_time
-            if isinstance(expiration, bool) or not isinstance(expiration, (int, float)):
-                raise InvalidArgumentError(f"expiration_time must be a number, got {expiration!r}")
+            expiration = timestamp("expiration_time", request.expiration_time)
             if expiration < 0:
                 self.store.release(worker, request.scope_id)
                 continue
