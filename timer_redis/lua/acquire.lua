@@ -9,38 +9,30 @@
 -- Returns  {deadline_ms, is_earliest (1/0)}
 -- Errors   "BAD_ARG <name> <value>" when an ARGV is malformed; "WRONGTYPE <key> <type>" when a key holds another type
 -- Events   none; PUBLISH wake "deadline <ms>" when this deadline became the earliest
+--- @include "prelude"
 local deadlines_key = KEYS[1]
 local worker_key = KEYS[2]
 local worker = ARGV[1]
 local scope_id = ARGV[2]
-local ttl_ms = tonumber(ARGV[3])
-local signal = tonumber(ARGV[4])
+local ttl_ms = to_int(ARGV[3], 1)
+local signal = to_int(ARGV[4], 1)
 local wake_channel = ARGV[5]
 
-if scope_id == '' then return redis.error_reply('BAD_ARG scope_id ' .. scope_id) end
-if not ttl_ms or ttl_ms < 1 or ttl_ms ~= ttl_ms or ttl_ms == math.huge then
-  return redis.error_reply('BAD_ARG ttl_ms ' .. ARGV[3])
-end
-if not signal or signal < 1 then return redis.error_reply('BAD_ARG signal ' .. ARGV[4]) end
--- No TYPE checks up front (they cost as much as the rest): a key of another type fails the first command on it,
--- and that command is a read (deadlines) or the first write (worker), so nothing has changed when it is reported.
-local earliest = redis.pcall('ZRANGE', deadlines_key, 0, 0, 'WITHSCORES')
-if earliest.err then
-  local found = redis.call('TYPE', deadlines_key)['ok']
-  return redis.error_reply('WRONGTYPE ' .. deadlines_key .. ' holds a ' .. found .. ', not a zset')
-end
-local time = redis.call('TIME')
-local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local stored = redis.pcall('HSET', worker_key, scope_id, now_ms, '', signal)
-if type(stored) == 'table' then
-  local found = redis.call('TYPE', worker_key)['ok']
-  return redis.error_reply('WRONGTYPE ' .. worker_key .. ' holds a ' .. found .. ', not a hash')
-end
-local deadline_ms = now_ms + math.floor(ttl_ms)
-redis.call('ZADD', deadlines_key, deadline_ms, worker .. '|' .. scope_id)
+if scope_id == '' then return bad_arg('scope_id', scope_id) end
+if not ttl_ms then return bad_arg('ttl_ms', ARGV[3]) end
+if not signal then return bad_arg('signal', ARGV[4]) end
+-- No TYPE checks up front (they cost as much as the rest): the first command on each key checks it, and that
+-- command is a read (deadlines) or the first write (worker), so nothing has changed when a failure is reported.
+local earliest, failed = call_on('zset', deadlines_key, 'ZRANGE', 0, 0, 'WITHSCORES')
+if failed then return failed end
+local now = now_ms()
+local _, failed_write = call_on('hash', worker_key, 'HSET', scope_id, now, '', signal)
+if failed_write then return failed_write end
+local deadline_ms = now + ttl_ms
+redis.call('ZADD', deadlines_key, deadline_ms, timer_member(worker, scope_id))
 
 if earliest[2] == nil or deadline_ms < tonumber(earliest[2]) then
-  redis.call('PUBLISH', wake_channel, 'deadline ' .. string.format('%d', deadline_ms))
+  redis.call('PUBLISH', wake_channel, 'deadline ' .. int_text(deadline_ms))
   return {deadline_ms, 1}
 end
 return {deadline_ms, 0}

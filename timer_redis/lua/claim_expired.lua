@@ -16,30 +16,27 @@
 --          (spaces in the claimer become "_")
 -- Events   "expired" per reaped worker; "malformed" for a member that names no worker. PUBLISH wake "deliver <node>"
 --          once per node that got orders.
+--- @include "prelude"
 local deadlines_key = KEYS[1]
 local events_key = KEYS[2]
 local nodes_key = KEYS[3]
 local prefix = ARGV[1]
-local limit = tonumber(ARGV[2])
+local limit = to_int(ARGV[2], 1)
 local claimer = ARGV[3]
-local maxlen = ARGV[4]
+local maxlen = to_int(ARGV[4], 1)
 local wake_channel = ARGV[5]
 local claimer_word = string.gsub(claimer, ' ', '_')
 
-if not limit or limit < 1 then return redis.error_reply('BAD_ARG limit ' .. ARGV[2]) end
-for _, key_and_type in ipairs({{deadlines_key, 'zset'}, {events_key, 'stream'}, {nodes_key, 'set'}}) do
-  local found = redis.call('TYPE', key_and_type[1])['ok']
-  if found ~= 'none' and found ~= key_and_type[2] then
-    return redis.error_reply('WRONGTYPE ' .. key_and_type[1] .. ' holds a ' .. found .. ', not a ' .. key_and_type[2])
-  end
-end
+if not limit then return bad_arg('limit', ARGV[2]) end
+if not maxlen then return bad_arg('maxlen', ARGV[4]) end
+local failed = check_types({{deadlines_key, 'zset'}, {events_key, 'stream'}, {nodes_key, 'set'}})
+if failed then return failed end
 
-local time = redis.call('TIME')
-local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local now_text = string.format('%d', now_ms)
-local due = redis.call('ZRANGE', deadlines_key, '-inf', now_ms, 'BYSCORE', 'LIMIT', 0, limit, 'WITHSCORES')
+local now = now_ms()
+local now_text = int_text(now)
+local due = redis.call('ZRANGE', deadlines_key, '-inf', now, 'BYSCORE', 'LIMIT', 0, limit, 'WITHSCORES')
 
-local result = {now_ms, -1}
+local result = {now, -1}
 local reaped = {}
 local doomed = {}       -- members to remove, in one ZREM per chunk
 local worker_keys = {}  -- worker hashes to delete, in one DEL per chunk
@@ -64,7 +61,7 @@ for i = 1, #due, 2 do
       if fields[j] == '' then
         signal = fields[j + 1]
       else
-        doomed[#doomed + 1] = worker .. '|' .. fields[j]
+        doomed[#doomed + 1] = timer_member(worker, fields[j])
       end
     end
     worker_keys[#worker_keys + 1] = worker_key
@@ -78,13 +75,8 @@ for i = 1, #due, 2 do
   end
 end
 
-local unpack = unpack or table.unpack  -- Lua 5.1 in Redis, 5.4 under lupa
-for first = 1, #doomed, 4000 do
-  redis.call('ZREM', deadlines_key, unpack(doomed, first, math.min(first + 3999, #doomed)))
-end
-for first = 1, #worker_keys, 4000 do
-  redis.call('DEL', unpack(worker_keys, first, math.min(first + 3999, #worker_keys)))
-end
+call_in_chunks('ZREM', deadlines_key, doomed)
+call_in_chunks('DEL', nil, worker_keys)
 for node, _ in pairs(woken) do
   redis.call('SADD', nodes_key, node)
   redis.call('PUBLISH', wake_channel, 'deliver ' .. node)

@@ -7,32 +7,26 @@
 -- Returns  the new deadline_ms, or nil when there is no such timer (released, or already claimed)
 -- Errors   "BAD_ARG <name> <value>" when an ARGV is malformed; "WRONGTYPE <key> <type>" when a key holds another type
 -- Events   none; PUBLISH wake "deadline <ms>" when the deadline moved earlier and is now the earliest
+--- @include "prelude"
 local deadlines_key = KEYS[1]
 local worker = ARGV[1]
 local scope_id = ARGV[2]
-local ttl_ms = tonumber(ARGV[3])
+local ttl_ms = to_int(ARGV[3], 1)
 local wake_channel = ARGV[4]
 
-if scope_id == '' then return redis.error_reply('BAD_ARG scope_id ' .. scope_id) end
-if not ttl_ms or ttl_ms < 1 or ttl_ms ~= ttl_ms or ttl_ms == math.huge then
-  return redis.error_reply('BAD_ARG ttl_ms ' .. ARGV[3])
-end
-local found = redis.call('TYPE', deadlines_key)['ok']
-if found ~= 'none' and found ~= 'zset' then
-  return redis.error_reply('WRONGTYPE ' .. deadlines_key .. ' holds a ' .. found .. ', not a zset')
-end
+if scope_id == '' then return bad_arg('scope_id', scope_id) end
+if not ttl_ms then return bad_arg('ttl_ms', ARGV[3]) end
 
-local member = worker .. '|' .. scope_id
-local old_deadline = redis.call('ZSCORE', deadlines_key, member)
+local member = timer_member(worker, scope_id)
+local old_deadline, failed = call_on('zset', deadlines_key, 'ZSCORE', member)
+if failed then return failed end
 if not old_deadline then return false end
 
-local time = redis.call('TIME')
-local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local deadline_ms = now_ms + math.floor(ttl_ms)
+local deadline_ms = now_ms() + ttl_ms
 -- XX: only an existing member is updated, which the ZSCORE above already established within this script.
 redis.call('ZADD', deadlines_key, 'XX', deadline_ms, member)
 -- Only a deadline moved earlier can wake a watchdog sooner than it planned to.
 if deadline_ms < tonumber(old_deadline) and redis.call('ZRANGE', deadlines_key, 0, 0)[1] == member then
-  redis.call('PUBLISH', wake_channel, 'deadline ' .. string.format('%d', deadline_ms))
+  redis.call('PUBLISH', wake_channel, 'deadline ' .. int_text(deadline_ms))
 end
 return deadline_ms

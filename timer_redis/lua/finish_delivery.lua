@@ -12,22 +12,19 @@
 -- Errors   "BAD_ARG orders" when ARGV[4..] is not a whole number of orders; "WRONGTYPE <key> <type>"
 -- Events   one outcome event per acknowledged order: type, worker, scope_id, pid, signal, deadline_ms, claimed_ms,
 --          claimer, replica, detail, and sent_ms and lag_ms when a signal was sent
+--- @include "prelude"
 local deliver_key = KEYS[1]
 local events_key = KEYS[2]
 local group = ARGV[1]
-local maxlen = ARGV[2]
+local maxlen = to_int(ARGV[2], 1)
 local replica = ARGV[3]
 local args = ARGV
 local per_order = 4
-local unpack = unpack or table.unpack  -- Lua 5.1 in Redis, 5.4 under lupa
 
-if (#args - 3) % per_order ~= 0 then return redis.error_reply('BAD_ARG orders ' .. (#args - 3)) end
-for _, key_and_type in ipairs({{deliver_key, 'stream'}, {events_key, 'stream'}}) do
-  local found = redis.call('TYPE', key_and_type[1])['ok']
-  if found ~= 'none' and found ~= key_and_type[2] then
-    return redis.error_reply('WRONGTYPE ' .. key_and_type[1] .. ' holds a ' .. found .. ', not a ' .. key_and_type[2])
-  end
-end
+if not maxlen then return bad_arg('maxlen', ARGV[2]) end
+if (#args - 3) % per_order ~= 0 then return bad_arg('orders', #args - 3) end
+local failed = check_types({{deliver_key, 'stream'}, {events_key, 'stream'}})
+if failed then return failed end
 
 local acknowledged = {}
 local any = false
@@ -39,7 +36,7 @@ for i = 4, #args, per_order do
     any = true
     local outcome, pid, signal, deadline_ms, claimed_ms, sent_ms, worker, claimer =
       string.match(args[i + 1], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) ?(%S*)$')
-    if not outcome then return redis.error_reply('BAD_ARG order ' .. args[i + 1]) end
+    if not outcome then return bad_arg('order', args[i + 1]) end
     local event = {'type', outcome, 'worker', worker, 'scope_id', args[i + 2], 'pid', pid, 'signal', signal,
       'deadline_ms', deadline_ms, 'claimed_ms', claimed_ms, 'claimer', claimer, 'replica', replica,
       'detail', args[i + 3]}
@@ -47,7 +44,7 @@ for i = 4, #args, per_order do
       event[#event + 1] = 'sent_ms'
       event[#event + 1] = sent_ms
       event[#event + 1] = 'lag_ms'
-      event[#event + 1] = string.format('%d', tonumber(sent_ms) - tonumber(deadline_ms))
+      event[#event + 1] = int_text(tonumber(sent_ms) - tonumber(deadline_ms))
     end
     redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', unpack(event))
   end
@@ -70,7 +67,7 @@ if any then
         newest_ms, newest_seq = ms, seq
       end
     end
-    if newest_ms then below = string.format('%d-%d', newest_ms, newest_seq + 1) end
+    if newest_ms then below = int_text(newest_ms) .. '-' .. int_text(newest_seq + 1) end
   end
   if below then redis.call('XTRIM', deliver_key, 'MINID', below) end
 end
