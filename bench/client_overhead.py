@@ -166,7 +166,7 @@ class _Contender:
             self.settle()
 
 
-def run(quick: bool) -> Table:
+def run(quick: bool) -> Table:  # noqa: C901 -- one table of many contenders; split with the issue-13 bench work
     rounds = 3 if quick else 9
     round_seconds = 0.05 if quick else 0.15
     version = torch_version()

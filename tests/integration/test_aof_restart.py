@@ -8,11 +8,15 @@ import multiprocessing
 import signal
 import time
 
+import pytest
+
 from tests.helpers import wait_for
 from tests.integration import workers
 from tests.redis_server import RedisServer
 from timer_redis import Owner, TimerSettings, TimerStore, Watchdog
 from timer_redis.process import default_node, read_process
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 fork = multiprocessing.get_context("fork")
 TIMERS = 1000

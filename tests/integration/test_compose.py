@@ -24,6 +24,8 @@ from tests.helpers import wait_for
 from tests.redis_server import RedisServer
 from timer_redis import TimerStore
 
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("TIMER_REDIS_")}
 
