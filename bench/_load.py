@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from timer_redis import TimerStore
+from timer_redis.records import WorkerOptions
+from timer_redis.scripts import with_includes
 
 from ._common import pack, send_pipelined
 
@@ -17,9 +19,12 @@ HOUR_MS = 3_600_000
 
 def acquire_commands(store: TimerStore, timers: Iterable[tuple[str, str]], ttl_ms: int) -> Iterator[bytes]:
     """One packed EVALSHA of acquire.lua per (worker, scope_id)."""
+    sha = store.scripts.by_name["acquire"].sha
+    options = WorkerOptions(9)
     for worker, scope_id in timers:
-        script, keys, args = store.scripts.acquire_args(store.keys, worker, scope_id, ttl_ms, 9)
-        yield pack("EVALSHA", script.sha, len(keys), *keys, *args)
+        keys = store.scripts.acquire_keys(store.keys, worker)
+        args = [*store.scripts.acquire_worker_args(store.keys, worker, options), scope_id, ttl_ms, 0, "", ""]
+        yield pack("EVALSHA", sha, len(keys), *keys, *args)
 
 
 def load_timers(store: TimerStore, port: int, timers: Iterable[tuple[str, str]], ttl_ms: int = HOUR_MS) -> None:
@@ -31,17 +36,22 @@ def load_timers(store: TimerStore, port: int, timers: Iterable[tuple[str, str]],
 
 
 def set_all_deadlines(store: TimerStore, deadline_ms: int) -> int:
-    """Move every live timer's deadline to ``deadline_ms`` (a benchmark shortcut for "all due at once")."""
-    script = """
+    """Move every live timer's deadline to ``deadline_ms`` (a benchmark shortcut for "all due at once"): each
+    worker's record and its score. Touches keys it does not declare: a benchmark shortcut, never library code."""
+    script = with_includes("""
+    --- @include "prelude"
+    local deadline = tonumber(ARGV[1])
     local members = redis.call('ZRANGE', KEYS[1], 0, -1)
-    for i = 1, #members, 2000 do
-      local args = {}
-      for j = i, math.min(i + 1999, #members) do
-        args[#args + 1] = ARGV[1]
-        args[#args + 1] = members[j]
+    for i = 1, #members do
+      local key = ARGV[2] .. members[i]
+      local entries = parse_record(redis.call('GET', key))
+      local lines = {}
+      for _, e in ipairs(entries) do
+        lines[#lines + 1] = entry_line(e.scope, deadline, e.ttl, e.signal, e.kill_after, e.dump_signal, e.group, e.mac)
       end
-      redis.call('ZADD', KEYS[1], 'XX', unpack(args))
+      redis.call('SET', key, table.concat(lines, '\\n'))
+      redis.call('ZADD', KEYS[1], deadline, members[i])
     end
     return #members
-    """
-    return int(store.redis.eval(script, 1, store.keys.deadlines, deadline_ms))
+    """)
+    return int(store.redis.eval(script, 1, store.keys.deadlines, deadline_ms, store.keys.worker("")))

@@ -29,6 +29,7 @@ from typing import Any
 import redis
 
 import timer_redis
+from timer_redis.records import WorkerOptions
 
 from ._common import NAMESPACE, BenchRedis, Table, fmt_ratio, fmt_us, median, pack, run_main, torch_version
 
@@ -77,11 +78,19 @@ def _redis_py_round_trips(client: redis.Redis) -> Blocks:
     return blocks
 
 
+def _packed_commands(store: timer_redis.TimerStore, worker: str) -> tuple[bytes, bytes]:
+    """The EVALSHA of acquire.lua and of release.lua the fast path writes for one block."""
+    scripts = store.scripts
+    keys = scripts.acquire_keys(store.keys, worker)
+    args = [*scripts.acquire_worker_args(store.keys, worker, WorkerOptions(9)), SCOPE, 10_000, 0, "", ""]
+    acquire = pack("EVALSHA", scripts.by_name["acquire"].sha, len(keys), *keys, *args)
+    release = pack("EVALSHA", scripts.by_name["release"].sha, len(keys), *keys, worker, SCOPE)
+    return acquire, release
+
+
 def _bare_writes(port: int, store: timer_redis.TimerStore) -> tuple[Blocks, Callable[[], None]]:
     worker = "bench-node:1:1"
-    acquire = store.scripts.acquire_args(store.keys, worker, SCOPE, 10_000, 9)
-    release = store.scripts.release_args(store.keys, worker, SCOPE)
-    packed = [pack("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in (acquire, release)]
+    packed = list(_packed_commands(store, worker))
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(None)

@@ -45,3 +45,8 @@ def snapshot(client: Any) -> dict[bytes, Any]:
 def wait_until_due(store: Any, deadline_ms: int) -> None:
     """Return once the Redis clock has passed ``deadline_ms`` (a few ms at most in these tests)."""
     wait_for(lambda: store.server_time_ms() > deadline_ms, timeout=2.0, interval=0.001, what="the deadline to pass")
+
+
+def read_orders(store: Any, node: str, consumer: str = "reader", count: int = 100) -> list[Any]:
+    """The delivery orders of ``node``'s stream not read yet, flattened out of their batches (entries)."""
+    return [order for entry in store.read_deliveries(node, consumer, count) for order in entry.orders]

@@ -32,8 +32,11 @@ from .connection import check_url, connection_options, describe_client, mask_url
 from .errors import InvalidArgumentError
 from .keys import Keys, check_scope_id
 from .process import Owner, check_pid
-from .scripts import script_source
+from .records import WorkerOptions
+from .scripts import Scripts, script_source
+from .servertime import REFRESH_SECONDS
 from .settings import TimerSettings, parse_signal, url_from_env
+from .signing import SignedTimer, Signer, load_secret
 from .validation import seconds_to_ms, timestamp
 
 __all__ = ["AsyncRedisTimerClient", "configure", "expires", "get_default_client"]
@@ -50,9 +53,11 @@ class AsyncRedisTimerClient:
         signal: sent to this process when one of its timers expires (default SIGKILL).
         pid: own the timers on behalf of another process of this node (default: the calling process).
         clock: the clock ``expiration_time`` is read on (default ``time.time``).
+        secret: the namespace secret: timers are signed with it (default ``TIMER_REDIS_SECRET_FILE`` or
+            ``TIMER_REDIS_SECRET``).
 
     Raises:
-        InvalidArgumentError: a bad URL, namespace, signal or pid.
+        InvalidArgumentError: a bad URL, namespace, signal, pid or secret.
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class AsyncRedisTimerClient:
         signal: int | str | None = None,
         pid: int | None = None,
         clock: Callable[[], float] = time.time,
+        secret: bytes | str | None = None,
     ) -> None:
         settings = settings or TimerSettings.from_env(namespace=namespace)
         if namespace is not None and namespace != settings.namespace:
@@ -81,7 +87,11 @@ class AsyncRedisTimerClient:
         else:
             self.url = describe_client(redis_client)
         self.redis = redis_client
-        self._signal = settings.signal if signal is None else parse_signal(signal)
+        self._options = WorkerOptions(settings.signal if signal is None else parse_signal(signal))
+        loaded = load_secret(secret)
+        self._signer = Signer(loaded) if loaded else None
+        self._offset_ms: float | None = None  # server clock minus monotonic, for signed deadlines
+        self._offset_at = 0.0
         self._fixed_pid = check_pid(pid)
         self._clock = clock
         self._worker_pid = -1
@@ -132,10 +142,26 @@ class AsyncRedisTimerClient:
         check_scope_id(scope_id)
         ttl_ms = seconds_to_ms("ttl", ttl)
         worker = self.worker_id()
-        args: list[str | int] = [worker, scope_id, ttl_ms, self._signal, self.keys.wake_channel]
+        deadline_ms, mac = 0, ""
+        if self._signer is not None:
+            deadline_ms = await self._server_now_ms() + ttl_ms
+            signed = SignedTimer(self.keys.namespace, worker, scope_id, self._options.signal, deadline_ms)
+            mac = self._signer.mac(signed)
+        args = [*Scripts.acquire_worker_args(self.keys, worker, self._options), scope_id, ttl_ms, deadline_ms, "", mac]
         async with self._translated_errors():
-            reply = await self._acquire(keys=[self.keys.deadlines, self.keys.worker(worker)], args=args)
+            reply = await self._acquire(keys=Scripts.acquire_keys(self.keys, worker), args=args)
         return int(reply[0])
+
+    async def _server_now_ms(self) -> int:
+        """Now on the Redis clock, from an offset measured with TIME (again every minute): as ``ServerClock``."""
+        if self._offset_ms is None or time.monotonic() - self._offset_at >= REFRESH_SECONDS:
+            sent = time.monotonic()
+            async with self._translated_errors():
+                seconds, micros = await self.redis.time()
+            received = time.monotonic()
+            self._offset_ms = int(seconds) * 1000 + int(micros) / 1000 - (sent + received) * 500
+            self._offset_at = received
+        return int(time.monotonic() * 1000 + self._offset_ms)
 
     async def release(self, scope_id: str) -> bool:
         """Stop the timer of ``scope_id``; returns whether there was one (releasing none is a no-op).
@@ -147,7 +173,7 @@ class AsyncRedisTimerClient:
         check_scope_id(scope_id)
         worker = self.worker_id()
         async with self._translated_errors():
-            removed = await self._release(keys=[self.keys.deadlines, self.keys.worker(worker)], args=[worker, scope_id])
+            removed = await self._release(keys=Scripts.acquire_keys(self.keys, worker), args=[worker, scope_id])
         return bool(removed)
 
     async def aclose(self) -> None:

@@ -9,8 +9,9 @@ from collections.abc import Callable
 
 from .api import TimerClient
 from .errors import InvalidArgumentError
+from .keys import check_scope_id
 from .process import Owner, check_pid
-from .settings import TimerSettings, parse_signal, url_from_env
+from .settings import TimerSettings, url_from_env
 from .store import TimerStore
 from .validation import timestamp
 from .wire import WorkerCommands
@@ -39,6 +40,8 @@ class RedisTimerClient(TimerClient):
         strict: wait for every reply.
         pid: own the timers on behalf of another process of this node (default: the calling process).
         clock: the clock ``expiration_time`` is read on (default ``time.time``).
+        secret: the namespace secret: timers are signed with it (default ``TIMER_REDIS_SECRET_FILE`` or
+            ``TIMER_REDIS_SECRET``). Ignored with ``store``, which has its own.
     """
 
     def __init__(
@@ -52,14 +55,15 @@ class RedisTimerClient(TimerClient):
         strict: bool | None = None,
         pid: int | None = None,
         clock: Callable[[], float] = time.time,
+        secret: bytes | str | None = None,
     ) -> None:
         if store is None:
             settings = settings or TimerSettings.from_env(namespace=namespace, signal=signal)
-            store = TimerStore.from_url(url_from_env(url), settings=settings)
+            store = TimerStore.from_url(url_from_env(url), settings=settings, secret=secret)
         elif namespace is not None and namespace != store.keys.namespace:
             raise InvalidArgumentError(f"namespace {namespace!r} differs from the store's {store.keys.namespace!r}")
         self.store = store
-        self._signal = store.settings.signal if signal is None else signal
+        self._options = store.worker_options(signal)
         self._wait = store.settings.strict if strict is None else strict
         self._fixed_pid = check_pid(pid)
         self._clock = clock
@@ -93,13 +97,19 @@ class RedisTimerClient(TimerClient):
         expiration_time = timestamp("expiration_time", expiration_time)
         # At least 1 ms: an expiration time already in the past makes a timer due at once (MIN_TTL_SECONDS).
         ttl_ms = math.ceil((expiration_time - self._clock()) * 1000)
+        ttl_ms = ttl_ms if ttl_ms > 0 else 1
         pid = self._fixed_pid or os.getpid()
         commands = self._commands if pid == self._commands_pid else self._commands_of(pid)
-        commands.acquire(scope_id, ttl_ms if ttl_ms > 0 else 1, self._wait)  # type: ignore[union-attr]
+        if self.store.signer is None:
+            commands.acquire(scope_id, ttl_ms, self._wait)  # type: ignore[union-attr]
+            return
+        check_scope_id(scope_id)
+        deadline_ms, mac = self.store.signed_deadline(self._worker, self._options, scope_id, ttl_ms)
+        commands.acquire(scope_id, ttl_ms, self._wait, deadline_ms, 0, mac)  # type: ignore[union-attr]
 
     def acquire_for(self, scope_id: str, ttl: float) -> None:
         """Start (or replace) the timer of ``scope_id``, due ``ttl`` seconds from now (no clock involved)."""
-        self.store.acquire(self.worker_id(), scope_id, ttl, signal=self._signal, wait=self._wait)
+        self.store.acquire(self.worker_id(), scope_id, ttl, signal=self._options.signal, wait=self._wait)
 
     def release(self, scope_id: str) -> None:
         """Stop the timer of ``scope_id``; a no-op if there is none."""
@@ -108,8 +118,7 @@ class RedisTimerClient(TimerClient):
         commands.release(scope_id, self._wait)  # type: ignore[union-attr]
 
     def _commands_of(self, pid: int) -> WorkerCommands:
-        signal = self.store.settings.signal if self._signal is None else parse_signal(self._signal)
-        commands = self.store.worker_commands(self.worker_id(), signal)
+        commands = self.store.worker_commands(self.worker_id(), self._options)
         self._commands, self._commands_pid = commands, pid
         return commands
 

@@ -113,7 +113,7 @@ def translate_error(error: BaseException, where: str, namespace: str, key: str |
     if not isinstance(error, redis.ResponseError):
         return None
     message = str(error)
-    if message.startswith("OOM") or "OOM command not allowed" in message:
+    if isinstance(error, redis.exceptions.OutOfMemoryError) or "OOM command not allowed" in message:
         return StoreUnavailableError(f"Redis at {where} refused the write: out of memory (maxmemory): {message}")
     if "wrong kind of value" in message:  # Redis' own WRONGTYPE, from a plain command
         where_key = key or f"a key of namespace {namespace!r}"

@@ -18,24 +18,45 @@ NODE_ENV = "TIMER_REDIS_NODE"
 
 @dataclass(frozen=True)
 class ProcessState:
-    """What /proc says of a pid right now."""
+    """What /proc says of a pid right now.
+
+    Attributes:
+        start_time: clock ticks since boot when it started.
+        uid: its real uid.
+        zombie: it has exited and waits for its parent.
+        tgid: its thread group: the pid of its process. A thread's own id has a /proc entry too, but only a
+            process (tgid == pid) is ever a worker.
+    """
 
     start_time: int
     uid: int
     zombie: bool
+    tgid: int
 
 
 def read_process(pid: int) -> ProcessState | None:
-    """The state of ``pid``, or None when no such process exists (or /proc cannot be read)."""
+    """The state of ``pid`` (a process or a thread id), or None when there is none or /proc cannot be read."""
+    if pid < 1:
+        return None
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat_file:
             stat = stat_file.read()
-        uid = os.stat(f"/proc/{pid}").st_uid
-    except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
+        with open(f"/proc/{pid}/status", "rb") as status_file:
+            status = status_file.read()
+    except OSError:
         return None
-    # The command name (field 2) is in parentheses and may hold spaces or ")", so split after the last ")".
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return ProcessState(start_time=int(fields[19]), uid=uid, zombie=fields[0] in (b"Z", b"X"))
+    try:
+        # The command name (field 2) is in parentheses and may hold spaces or ")", so split after the last ")".
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        lines = dict(line.split(b":", 1) for line in status.splitlines() if b":" in line)
+        return ProcessState(
+            start_time=int(fields[19]),
+            uid=int(lines[b"Uid"].split()[0]),
+            zombie=fields[0] in (b"Z", b"X"),
+            tgid=int(lines[b"Tgid"]),
+        )
+    except (ValueError, IndexError, KeyError):  # not the layout of a Linux /proc
+        return None
 
 
 def check_pid(pid: object) -> int | None:

@@ -54,6 +54,8 @@ class TimerSettings:
         socket_timeout: seconds a Redis call may take before the client raises StoreUnavailableError.
         strict: wait for every reply of acquire/release instead of reading it on the next call.
         node: signalling domain of this process; None = hostname + pid namespace (process.py).
+        node_retention: seconds a node may stay silent (no order queued for it, no replica of it heard) before its
+            delivery stream and its entry in ``nodes`` are removed, once nothing of it waits.
     """
 
     namespace: str = "default"
@@ -65,11 +67,12 @@ class TimerSettings:
     socket_timeout: float = 5.0
     strict: bool = False
     node: str | None = field(default=None)
+    node_retention: float = 3600.0
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
         object.__setattr__(self, "signal", parse_signal(self.signal))
-        for name in ("max_interval", "lease", "socket_timeout"):
+        for name in ("max_interval", "lease", "socket_timeout", "node_retention"):
             seconds(name, getattr(self, name))
         for name in ("claim_batch", "events_maxlen"):
             whole_number(name, getattr(self, name))

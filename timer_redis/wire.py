@@ -24,9 +24,12 @@ from typing import Any
 import redis
 
 from .errors import TimerRedisError
-from .keys import Keys, check_scope_id
+from .keys import check_scope_id
 from .redis_compat import as_text, new_connection, plain_socket, pooled_connection
 
+# What poll() reports when the server closed the connection: POLLRDHUP (Linux) is the peer's close even while
+# replies are waiting to be read; POLLHUP and POLLERR are reported whatever is asked.
+_POLL_HANGUP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 # The fast path reads replies lazily; past this many unread replies it waits for them, so memory stays bounded.
 MAX_UNREAD_REPLIES = 256
 
@@ -132,6 +135,7 @@ class UnreadReplies:
         scripts: the Lua source of every script the fast path runs, loaded on each new connection.
         socket_timeout: seconds a reply may be missing before the next call raises StoreUnavailableError.
         translated_errors: turns redis-py's exceptions into ours (``connection.translated_errors``).
+        on_connect: called after each new connection (the server behind it may have changed).
     """
 
     def __init__(
@@ -140,7 +144,9 @@ class UnreadReplies:
         scripts: Sequence[str],
         socket_timeout: float,
         translated_errors: Callable[[], AbstractContextManager[None]],
+        on_connect: Callable[[], None] = lambda: None,
     ) -> None:
+        self._on_connect = on_connect
         self._pool = pool
         self._scripts = tuple(scripts)
         self._socket_timeout = socket_timeout
@@ -155,6 +161,7 @@ class UnreadReplies:
         self._socket: Any = None
         self._fd = -1  # >= 0: the raw path is in use on this file descriptor
         self._poll: Any = None
+        self._hangup: Any = None
         self._received = b""
         self._last_read = 0.0
         self._unchecked = 0  # sends since the last read
@@ -184,8 +191,11 @@ class UnreadReplies:
                 self._fd >= 0
                 and not wait
                 and (not unread or (self._unchecked < READ_EVERY and now - self._last_read < READ_AFTER))
+                and not self._hangup.poll(0)
             ):
-                # The hot path: nothing to read yet, one write().
+                # The hot path: nothing to read yet and the server has not closed the connection: one write().
+                # A write() on a connection the server closed still succeeds once (the kernel takes it, the peer
+                # answers with a reset), so it would be lost without an error; poll() sees the close first.
                 sent = _Sent(lines, packed, now)
                 unread.append(sent)
                 try:
@@ -235,6 +245,8 @@ class UnreadReplies:
                     self._write(sent.packed[written:])
                 else:
                     earlier_failure = None
+                    if self._fd >= 0 and self._hangup.poll(0):
+                        raise redis.ConnectionError("Connection closed by server.")
                     if self._unread:
                         # An overdue reply or a closed connection raises here, before this command is written, so
                         # a call that raised never takes effect later. An earlier command's failed reply is raised
@@ -302,7 +314,11 @@ class UnreadReplies:
                 self._fd = sock.fileno()
                 self._poll = select.poll()
                 self._poll.register(self._fd, select.POLLIN)
+                # Reports only a close by the server (POLLRDHUP; POLLHUP and POLLERR always), not replies.
+                self._hangup = select.poll()
+                self._hangup.register(self._fd, _POLL_HANGUP)
             self._last_read = time.monotonic()
+            self._on_connect()
             for sent in self._unread:
                 self._write(sent.packed)
         except BaseException:
@@ -457,38 +473,29 @@ class UnreadReplies:
 
 
 class WorkerCommands:
-    """The fast path of one worker: acquire and release packed as EVALSHA by hand, with the script, keys, worker id
-    and signal encoded once, and each scope id checked and encoded once.
+    """The fast path of one worker: acquire and release packed as EVALSHA by hand, with the script, keys and every
+    argument that is the same for each call of the worker encoded once, and each scope id checked and encoded once.
 
     Args:
-        keys: the namespace's key names.
         acquire_sha: SHA1 of acquire.lua; release_sha likewise.
-        worker: the owner's worker id (already checked).
-        signal: signal number (already checked).
+        acquire_prefix: KEYS and the constant ARGV of acquire.lua (``Scripts.acquire_keys``, ``acquire_worker_args``);
+            each call appends scope_id, ttl_ms, deadline_ms, kill_after_ms and mac.
+        release_prefix: KEYS and the constant ARGV of release.lua; each call appends scope_id.
         send: ``UnreadReplies.send`` of the store's writer.
     """
 
-    __slots__ = ("_acquire_head", "_acquire_tail", "_release_head", "_scopes", "_send")
+    __slots__ = ("_acquire_head", "_release_head", "_scopes", "_send")
 
     def __init__(
         self,
-        keys: Keys,
         acquire_sha: str,
         release_sha: str,
-        worker: str,
-        signal: int,
+        acquire_prefix: tuple[Sequence[Any], Sequence[Any]],
+        release_prefix: tuple[Sequence[Any], Sequence[Any]],
         send: Callable[[bytes, int, bool], None],
     ) -> None:
-        head = (
-            _bulk("EVALSHA"),
-            None,
-            _bulk(2) + _bulk(keys.deadlines) + _bulk(keys.worker(worker)) + _bulk(worker),
-        )
-        # acquire.lua: KEYS deadlines, worker; ARGV worker, scope_id, ttl_ms, signal, wake (10 elements in all)
-        self._acquire_head = b"*10\r\n" + head[0] + _bulk(acquire_sha) + head[2]
-        self._acquire_tail = _bulk(signal) + _bulk(keys.wake_channel)
-        # release.lua: KEYS deadlines, worker; ARGV worker, scope_id (7 elements)
-        self._release_head = b"*7\r\n" + head[0] + _bulk(release_sha) + head[2]
+        self._acquire_head = _head(acquire_sha, *acquire_prefix, per_call=5)
+        self._release_head = _head(release_sha, *release_prefix, per_call=1)
         self._scopes: dict[str, bytes] = {}
         self._send = send
 
@@ -499,18 +506,28 @@ class WorkerCommands:
         encoded = self._scopes[scope_id] = _bulk(scope_id.encode())
         return encoded
 
-    def acquire(self, scope_id: str, ttl_ms: int, wait: bool = False) -> None:
-        """Send acquire.lua for ``scope_id`` with ``ttl_ms`` (an int >= 1, checked by the caller)."""
+    def acquire(
+        self,
+        scope_id: str,
+        ttl_ms: int,
+        wait: bool = False,
+        deadline_ms: int = 0,
+        kill_after_ms: int = 0,
+        mac: str = "",
+    ) -> None:
+        """Send acquire.lua for ``scope_id`` with ``ttl_ms`` (an int >= 1, checked by the caller); a signed timer
+        also sends its ``deadline_ms`` and ``mac``, and an escalating one its ``kill_after_ms``."""
         try:
             scope = self._scopes[scope_id]
         except (KeyError, TypeError):
             scope = self._scope(scope_id)
         ttl = b"%d" % ttl_ms
-        self._send(
-            b"%s%s$%d\r\n%s\r\n%s" % (self._acquire_head, scope, len(ttl), ttl, self._acquire_tail),
-            ACQUIRE_REPLY_LINES,
-            wait,
+        tail = (
+            _bulk(deadline_ms) + _bulk(kill_after_ms or "") + _bulk(mac)
+            if deadline_ms or kill_after_ms or mac
+            else _PLAIN_ACQUIRE_TAIL
         )
+        self._send(b"%s%s$%d\r\n%s\r\n%s" % (self._acquire_head, scope, len(ttl), ttl, tail), ACQUIRE_REPLY_LINES, wait)
 
     def release(self, scope_id: str, wait: bool = False) -> None:
         """Send release.lua for ``scope_id``."""
@@ -519,6 +536,17 @@ class WorkerCommands:
         except (KeyError, TypeError):
             scope = self._scope(scope_id)
         self._send(self._release_head + scope, RELEASE_REPLY_LINES, wait)
+
+
+# deadline_ms 0 (server TIME + ttl), no kill_after, no mac: what every unsigned acquire ends with.
+_PLAIN_ACQUIRE_TAIL = _bulk(0) + _bulk("") + _bulk("")
+
+
+def _head(sha: str, keys: Sequence[Any], args: Sequence[Any], per_call: int) -> bytes:
+    """EVALSHA, the script's SHA, its keys and its leading arguments in RESP, with the array length counting the
+    ``per_call`` arguments each call appends."""
+    parts = [b"*%d\r\n" % (3 + len(keys) + len(args) + per_call), _bulk("EVALSHA"), _bulk(sha), _bulk(len(keys))]
+    return b"".join(parts + [_bulk(value) for value in (*keys, *args)])
 
 
 class RawCommands:

@@ -14,8 +14,10 @@ import pytest
 import redis
 
 import timer_redis as timer
+from tests.helpers import read_orders
 from timer_redis import RedisTimerClient, TimerStore, WrongTypeError
 from timer_redis.keys import Keys
+from timer_redis.records import WorkerOptions
 from timer_redis.wire import ACQUIRE_REPLY_LINES, MAX_UNREAD_REPLIES, READ_AFTER, READ_EVERY, RELEASE_REPLY_LINES
 
 WORKER = "node-a:123:456"
@@ -37,7 +39,7 @@ def test_a_tcp_connection_takes_the_raw_path(client: RedisTimerClient, real_stor
 
 
 def test_reply_line_counts_match_the_scripts(real_store: TimerStore) -> None:
-    commands = real_store.worker_commands(WORKER, 9)
+    commands = real_store.worker_commands(WORKER, WorkerOptions(9))
     sent: list[bytes] = []
     commands._send = lambda packed, lines, wait: sent.append(packed)  # type: ignore[misc]
     commands.acquire("s", 10_000)
@@ -69,12 +71,14 @@ def test_a_hot_loop_reads_as_it_goes_and_leaves_nothing(client: RedisTimerClient
 def test_an_error_surfaces_on_the_next_call_of_a_slow_loop(client: RedisTimerClient, real_store: TimerStore) -> None:
     client.acquire("warm", time.time() + 10)
     client.flush()
-    real_store.redis.set(Keys("test").worker(client.worker_id()), "somebody else's string")
+    record = Keys("test").worker(client.worker_id())
+    real_store.redis.delete(record)
+    real_store.redis.hset(record, "somebody else's", "hash")
     client.acquire("s", time.time() + 10)  # returns before the reply
     time.sleep(max(0.05, READ_AFTER * 5))
-    with pytest.raises(WrongTypeError, match="worker"):
+    with pytest.raises(WrongTypeError, match=r"holds a hash, not a string"):
         client.release("warm")  # reports the acquire's failure; the release itself still goes out
-    with pytest.raises(WrongTypeError, match="worker"):
+    with pytest.raises(WrongTypeError, match=r"holds a hash, not a string"):
         client.flush()  # ...and fails on the same wrong-typed key
     client.flush()  # each error is reported once
 
@@ -167,22 +171,22 @@ def test_watchdog_scripts_survive_a_script_flush_on_the_raw_path(real_store: Tim
     (claim,) = real_store.claim_expired(10, "me").claimed
     assert (claim.worker, claim.scope_id, claim.deadline_ms, claim.node) == ("node-a:1:1", "s", deadline, "node-a")
     real_store.redis.script_flush()
-    (order,) = real_store.read_deliveries("node-a", "me", 10)
+    (entry,) = real_store.read_deliveries("node-a", "me", 10)
+    (order,) = entry.orders
     assert (order.worker, order.pid, order.start_time, order.scope_id, order.claimer) == ("node-a:1:1", 1, 1, "s", "me")
-    assert real_store.finish_deliveries([(order, timer.DeliveryResult(timer.Outcome.OWNER_GONE, "gone"))], "me") == [
-        True
-    ]
+    real_store.redis.script_flush()
+    assert real_store.finish_deliveries("node-a", [(entry.entry_id, [["type", "owner-gone"]])]) == [True]
     assert real_store.redis.xlen(real_store.keys.deliver("node-a")) == 0, "a finished order is trimmed"
 
 
 def test_read_deliveries_on_a_real_server_with_awkward_scopes(real_store: TimerStore) -> None:
     real_store.ensure_delivery_group("node-a")
-    scopes = ["plain", "with\r\nline breaks", "ends in +PONG\r\n", "+PONG"]
+    scopes = ["plain", "with spaces | and a bar", "ends in +PONG", "+PONG", "-ERR like", "étape ✓"]
     deadlines = [real_store.acquire(f"node-a:{i + 1}:1", scope, 0.001) or 0 for i, scope in enumerate(scopes)]
     while real_store.server_time_ms() < max(deadlines):
         time.sleep(0.001)
     real_store.claim_expired(10, "me")
-    orders = real_store.read_deliveries("node-a", "me", 10)
+    orders = read_orders(real_store, "node-a", "me")
     assert sorted(o.scope_id for o in orders) == sorted(scopes)
     assert real_store.read_deliveries("node-a", "me", 10) == []
 
@@ -192,7 +196,7 @@ def test_a_release_reaches_redis_even_when_an_earlier_reply_failed(real_store: T
     client = RedisTimerClient(store=real_store)
     client.acquire("kept", time.time() + 30)
     client.flush()
-    real_store.redis.set(real_store.keys.worker("node-x:1:1"), "not a hash")
+    real_store.redis.hset(real_store.keys.worker("node-x:1:1"), "not a", "record")
     real_store.acquire("node-x:1:1", "doomed", 30, wait=False)  # fails in Redis; its reply is not read yet
     time.sleep(0.01)  # let the failed reply arrive, so the next call is the one that reads it
     with pytest.raises(WrongTypeError):

@@ -215,6 +215,7 @@ def test_list_json_and_filters(store: TimerStore, three_workers: list[str]) -> N
     first = data["timers"][0]
     assert set(first) == {
         "id", "worker", "node", "pid", "start_time", "scope_id", "deadline_ms", "acquired_ms", "signal", "remaining_ms",
+        "kill_after_ms", "group", "signed",
     }  # fmt: skip
     assert first["remaining_ms"] == first["deadline_ms"] - data["now_ms"]
 

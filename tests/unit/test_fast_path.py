@@ -14,6 +14,7 @@ import redis
 
 import timer_redis as timer
 from timer_redis import InvalidArgumentError, RedisTimerClient, TimerStore
+from timer_redis.records import WorkerOptions
 from timer_redis.wire import (
     ACQUIRE_REPLY_LINES,
     MAX_CACHED_SCOPES,
@@ -31,30 +32,37 @@ WORKER = "node-a:123:456"
 
 def test_packed_commands_are_what_redis_py_would_send(store: TimerStore) -> None:
     sent: list[tuple[bytes, int, bool]] = []
-    commands = store.worker_commands(WORKER, 15)
+    commands = store.worker_commands(WORKER, WorkerOptions(15))
     commands._send = lambda packed, lines, wait: sent.append((packed, lines, wait))  # type: ignore[misc]
     commands.acquire("a scope|with spaces", 2500)
+    commands.acquire("signed", 2500, False, 1_800_000_000_000, 3000, "mac")
     commands.release("a scope|with spaces", wait=True)
     connection = redis.Connection()
-    script, keys, args = store.scripts.acquire_args(store.keys, WORKER, "a scope|with spaces", 2500, 15)
-    expected_acquire = b"".join(connection.pack_command("EVALSHA", script.sha, len(keys), *keys, *args))
-    script, keys, args = store.scripts.release_args(store.keys, WORKER, "a scope|with spaces")
-    expected_release = b"".join(connection.pack_command("EVALSHA", script.sha, len(keys), *keys, *args))
-    assert sent == [(expected_acquire, ACQUIRE_REPLY_LINES, False), (expected_release, RELEASE_REPLY_LINES, True)]
+    scripts = store.scripts
+    keys = scripts.acquire_keys(store.keys, WORKER)
+    head = ["EVALSHA", scripts.by_name["acquire"].sha, len(keys), *keys]
+    head += scripts.acquire_worker_args(store.keys, WORKER, WorkerOptions(15))
+    expected = [
+        ([*head, "a scope|with spaces", 2500, 0, "", ""], ACQUIRE_REPLY_LINES, False),
+        ([*head, "signed", 2500, 1_800_000_000_000, 3000, "mac"], ACQUIRE_REPLY_LINES, False),
+        (["EVALSHA", scripts.by_name["release"].sha, len(keys), *keys, WORKER, "a scope|with spaces"],
+         RELEASE_REPLY_LINES, True),
+    ]  # fmt: skip
+    assert sent == [(b"".join(connection.pack_command(*args)), lines, wait) for args, lines, wait in expected]
 
 
 def test_a_unicode_scope_is_packed_by_its_byte_length(store: TimerStore) -> None:
     sent: list[bytes] = []
-    commands = store.worker_commands(WORKER, 9)
+    commands = store.worker_commands(WORKER, WorkerOptions(9))
     commands._send = lambda packed, lines, wait: sent.append(packed)  # type: ignore[misc]
     commands.release("étape ✓")
     assert sent[0].endswith(b"$%d\r\n%s\r\n" % (len("étape ✓".encode()), "étape ✓".encode()))
 
 
-@pytest.mark.parametrize("bad", ["", 42, None, ["a"], "x" * 1025])
+@pytest.mark.parametrize("bad", ["", 42, None, ["a"], "x" * 1025, "tab\there", "new\nline", "lone \ud800"])
 def test_a_bad_scope_is_refused_before_anything_is_sent(store: TimerStore, bad: object) -> None:
     sent: list[bytes] = []
-    commands = store.worker_commands(WORKER, 9)
+    commands = store.worker_commands(WORKER, WorkerOptions(9))
     commands._send = lambda packed, lines, wait: sent.append(packed)  # type: ignore[misc]
     with pytest.raises(InvalidArgumentError, match="scope_id"):
         commands.acquire(bad, 1000)  # type: ignore[arg-type]
@@ -64,7 +72,7 @@ def test_a_bad_scope_is_refused_before_anything_is_sent(store: TimerStore, bad: 
 
 
 def test_the_scope_cache_is_bounded(store: TimerStore) -> None:
-    commands = store.worker_commands(WORKER, 9)
+    commands = store.worker_commands(WORKER, WorkerOptions(9))
     commands._send = lambda packed, lines, wait: None  # type: ignore[misc]
     for index in range(MAX_CACHED_SCOPES + 10):
         commands.release(f"s{index}")
@@ -72,8 +80,8 @@ def test_the_scope_cache_is_bounded(store: TimerStore) -> None:
 
 
 def test_worker_commands_are_cached_per_worker_and_signal(store: TimerStore) -> None:
-    assert store.worker_commands(WORKER, 9) is store.worker_commands(WORKER, 9)
-    assert store.worker_commands(WORKER, 15) is not store.worker_commands(WORKER, 9)
+    assert store.worker_commands(WORKER, WorkerOptions(9)) is store.worker_commands(WORKER, WorkerOptions(9))
+    assert store.worker_commands(WORKER, WorkerOptions(15)) is not store.worker_commands(WORKER, WorkerOptions(9))
 
 
 # -- splitting replies, no server -----------------------------------------------------------------------------------

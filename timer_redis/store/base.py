@@ -10,8 +10,11 @@ from ..connection import describe_client, mask_url, translated_errors
 from ..errors import InvalidArgumentError
 from ..keys import Keys, parse_worker_id
 from ..process import Owner
+from ..records import WorkerOptions
 from ..scripts import Scripts
+from ..servertime import ServerClock
 from ..settings import TimerSettings
+from ..signing import Signer, load_secret
 from ..wire import RawCommands, UnreadReplies, WorkerCommands
 
 
@@ -23,6 +26,8 @@ class StoreBase:
         namespace: key space; defaults to ``settings.namespace``.
         settings: timer knobs (TimerSettings).
         url: the URL the client was built from, for error messages (the password is masked).
+        secret: the namespace secret (at least 16 bytes): timers are signed with it, and a watchdog on this store
+            signals only what verifies. None: ``TIMER_REDIS_SECRET_FILE`` or ``TIMER_REDIS_SECRET``, else unsigned.
     """
 
     def __init__(
@@ -32,6 +37,7 @@ class StoreBase:
         *,
         settings: TimerSettings | None = None,
         url: str | None = None,
+        secret: bytes | str | None = None,
     ) -> None:
         settings = settings or TimerSettings()
         if namespace is not None and namespace != settings.namespace:
@@ -41,6 +47,9 @@ class StoreBase:
         self.redis = redis_client
         self.scripts = Scripts(redis_client)
         self.url = mask_url(url) if url else describe_client(redis_client)
+        loaded = load_secret(secret)
+        self.signer: Signer | None = Signer(loaded) if loaded else None
+        self.server_clock = ServerClock(self._read_server_time)
         # The client fast path writes acquire/release on a connection of its own and reads replies later
         # (timers.py); the watchdog's batch commands skip redis-py's reply callbacks (protocol.py).
         self._unread = UnreadReplies(
@@ -48,9 +57,10 @@ class StoreBase:
             [self.scripts.source(name) for name in ("acquire", "release")],
             settings.socket_timeout,
             self.translated_errors,
+            on_connect=self.server_clock.forget,
         )
         self._raw = RawCommands(redis_client)
-        self._worker_commands: dict[tuple[str, int], WorkerCommands] = {}
+        self._worker_commands: dict[tuple[str, WorkerOptions], WorkerCommands] = {}
 
     def translated_errors(self, key: str | None = None) -> AbstractContextManager[None]:
         """Raise our exceptions in place of redis-py's: StoreUnavailableError, AuthenticationError,
@@ -58,10 +68,14 @@ class StoreBase:
         return translated_errors(self.url, self.keys.namespace, key)
 
     def server_time_ms(self) -> int:
-        """Now on the Redis server's clock, in ms (the clock every deadline is on)."""
+        """Now on the Redis server's clock, in ms (the clock every deadline is on): one TIME round trip."""
+        seconds, micros = self._read_server_time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    def _read_server_time(self) -> tuple[int, int]:
         with self.translated_errors():
             seconds, micros = self.redis.time()
-        return int(seconds) * 1000 + int(micros) // 1000
+        return int(seconds), int(micros)
 
     @staticmethod
     def _worker(owner: Owner | str) -> str:
