@@ -255,10 +255,11 @@ def watch(run: DemoRun, store: TimerStore, out: View) -> None:
 def describe_failure(summary: dict[str, Any]) -> str:
     problems = []
     if summary["hung_killed"] < summary["hung"]:
-        problems.append(f"{summary['hung'] - summary['hung_killed']} hung worker(s) were not killed")
+        missed = summary["hung"] - summary["hung_killed"]
+        problems.append(f"{plural(missed, 'hung worker was', 'hung workers were')} not killed")
     unfinished = summary["workers"] - summary["hung"] - summary["finished"]
     if unfinished:
-        problems.append(f"{unfinished} healthy worker(s) did not finish ({summary['healthy_killed']} killed)")
+        problems.append(f"{plural(unfinished, 'healthy worker')} did not finish ({summary['healthy_killed']} killed)")
     return "; ".join(problems) or "unknown"
 
 
