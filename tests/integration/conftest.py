@@ -13,17 +13,6 @@ from timer_redis import TimerStore
 
 
 @pytest.fixture
-def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes that sleep for a minute unless killed; the test appends to the list."""
-    processes: list[subprocess.Popen[bytes]] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-
-
-@pytest.fixture
 def watchdog_process(redis_url: str, real_store: TimerStore) -> Iterator[subprocess.Popen[str]]:
     """`timerctl watchdog` in the background, running once its first heartbeat is in Redis; must exit 0."""
     process = start_timerctl(redis_url, "watchdog", "--max-interval", "0.5")

@@ -133,7 +133,7 @@ def test_a_command_cannot_hide_a_group_option() -> None:
 def test_run_refuses_a_misspelt_option_instead_of_running_it(store: TimerStore) -> None:
     result = invoke(store, "run", "--ttl", "5", "--heartbeat", "1", "--", "true")
     assert result.exit_code == EXIT_USAGE
-    assert "No such option '--heartbeat'" in result.stderr and "--heartbeat-every" in result.stderr
+    assert "No such option" in result.stderr and "--heartbeat-every" in result.stderr  # click's wording varies
     assert store.count() == 0 and store.events() == []
 
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from timerctl.context import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_USAGE
 from timerctl.owners import process_args, shell_kind
 
@@ -18,29 +16,18 @@ from tests.unit.test_cli import invoke, json_out
 from timer_redis import Owner, TimerStore, Watchdog
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test starts; killed and reaped after it."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-
-
-def start(processes: list[subprocess.Popen[bytes]], *args: str, **kwargs: object) -> subprocess.Popen[bytes]:
+def start(sleepers: list[subprocess.Popen[bytes]], *args: str, **kwargs: object) -> subprocess.Popen[bytes]:
     """Start a process and wait until /proc shows its command line (it is empty for a moment during exec)."""
     process = subprocess.Popen(list(args), **kwargs)  # type: ignore[call-overload]
-    processes.append(process)
+    sleepers.append(process)
     wait_for(lambda: process_args(process.pid), what=f"the command line of {args}")
     return process
 
 
 def test_acquire_names_the_owner_pid_and_its_command_line(
-    store: TimerStore, processes: list[subprocess.Popen[bytes]]
+    store: TimerStore, sleepers: list[subprocess.Popen[bytes]]
 ) -> None:
-    sleeper = start(processes, "sleep", "60")
+    sleeper = start(sleepers, "sleep", "60")
     result = invoke(store, "acquire", "nightly", "--ttl", "2h", "--pid", str(sleeper.pid))
     worker = Owner.of_pid(sleeper.pid).worker_id
     assert (
@@ -60,14 +47,14 @@ def test_pids_no_watchdog_would_signal_are_refused_at_acquire(store: TimerStore)
     assert store.count() == 0
 
 
-def test_shells_that_make_poor_owners_are_recognised(processes: list[subprocess.Popen[bytes]], tmp_path: Path) -> None:
-    one_line = start(processes, "sh", "-c", "sleep 60; true")
-    piped = start(processes, "bash", "--norc", stdin=subprocess.PIPE)
+def test_shells_that_make_poor_owners_are_recognised(sleepers: list[subprocess.Popen[bytes]], tmp_path: Path) -> None:
+    one_line = start(sleepers, "sh", "-c", "sleep 60; true")
+    piped = start(sleepers, "bash", "--norc", stdin=subprocess.PIPE)
     script = tmp_path / "job.sh"
     script.write_text("sleep 60\n")
-    from_file = start(processes, "bash", str(script))
+    from_file = start(sleepers, "bash", str(script))
     primary, secondary = os.openpty()
-    terminal = start(processes, "bash", "--norc", "--noprofile", "-i", stdin=secondary, stdout=secondary,
+    terminal = start(sleepers, "bash", "--norc", "--noprofile", "-i", stdin=secondary, stdout=secondary,
                      stderr=secondary, start_new_session=True)  # fmt: skip
     os.close(secondary)
     try:
@@ -75,7 +62,7 @@ def test_shells_that_make_poor_owners_are_recognised(processes: list[subprocess.
         assert shell_kind(piped.pid) == "one-shot", "it exits when its input ends"
         assert shell_kind(terminal.pid) == "interactive"
         assert shell_kind(from_file.pid) is None, "a script is the owner meant"
-        assert shell_kind(start(processes, "sleep", "60").pid) is None
+        assert shell_kind(start(sleepers, "sleep", "60").pid) is None
     finally:
         terminal.kill()
         os.close(primary)
@@ -85,9 +72,9 @@ def test_shells_that_make_poor_owners_are_recognised(processes: list[subprocess.
 
 
 def test_a_miss_names_the_other_owners_and_the_flag_for_each(
-    store: TimerStore, processes: list[subprocess.Popen[bytes]]
+    store: TimerStore, sleepers: list[subprocess.Popen[bytes]]
 ) -> None:
-    sleeper = start(processes, "sleep", "60")
+    sleeper = start(sleepers, "sleep", "60")
     store.acquire(Owner.of_pid(sleeper.pid), "job", 60)
     me = ["--pid", str(os.getpid())]
     for command in (["extend", "job", "--ttl", "5", *me], ["release", "job", *me], ["show", "job", *me]):
@@ -105,9 +92,9 @@ def test_a_miss_names_the_other_owners_and_the_flag_for_each(
 
 
 def test_show_takes_a_bare_scope_like_the_other_commands(
-    store: TimerStore, processes: list[subprocess.Popen[bytes]]
+    store: TimerStore, sleepers: list[subprocess.Popen[bytes]]
 ) -> None:
-    sleeper = start(processes, "sleep", "60")
+    sleeper = start(sleepers, "sleep", "60")
     worker = Owner.of_pid(sleeper.pid).worker_id
     store.acquire(worker, "nightly", 60)
     by_scope = json_out(invoke(store, "show", "nightly", "--pid", str(sleeper.pid), "--json"))
@@ -130,9 +117,9 @@ def test_show_reads_like_prose(store: TimerStore) -> None:
 
 
 def test_a_timer_that_fired_says_so_instead_of_no_process(
-    store: TimerStore, processes: list[subprocess.Popen[bytes]]
+    store: TimerStore, sleepers: list[subprocess.Popen[bytes]]
 ) -> None:
-    sleeper = start(processes, "sleep", "60")
+    sleeper = start(sleepers, "sleep", "60")
     store.acquire(Owner.of_pid(sleeper.pid), "job", 0.05)
     replica = Watchdog(store=store, max_interval=0.05)
     replica.start()
@@ -154,9 +141,9 @@ def test_a_timer_that_fired_says_so_instead_of_no_process(
 
 
 def test_a_timer_of_an_exited_process_can_still_be_shown_and_released(
-    store: TimerStore, processes: list[subprocess.Popen[bytes]]
+    store: TimerStore, sleepers: list[subprocess.Popen[bytes]]
 ) -> None:
-    gone = start(processes, "sleep", "60")
+    gone = start(sleepers, "sleep", "60")
     owner = Owner.of_pid(gone.pid)
     store.acquire(owner, "left", 60)
     gone.kill()

@@ -17,6 +17,9 @@ import timer_redis as timer
 from timer_redis import InvalidArgumentError, TimerStore, config
 from timer_redis.settings import TimerSettings
 
+# Several tests configure without TIMER_REDIS_URL on purpose; the warning that gives has tests of its own below.
+pytestmark = pytest.mark.filterwarnings("ignore:TIMER_REDIS_URL is not set")
+
 
 @pytest.fixture(autouse=True)
 def restore_default_client() -> Iterator[None]:
