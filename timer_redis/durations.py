@@ -12,6 +12,7 @@ import math
 import re
 
 from .errors import InvalidArgumentError
+from .validation import MAX_SECONDS
 
 UNIT_SECONDS = {"d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 EXAMPLES = "30, 1.5, 500ms, 1m30s, 2h00m or 1d"
@@ -30,27 +31,27 @@ def parse_duration(
         value: an int or float (seconds), or a string such as ``"30"``, ``"500ms"``, ``"1h30m"``.
         name: what the value is for (``--ttl``, ``TIMER_REDIS_MAX_INTERVAL``), named in the error.
         minimum: smallest value accepted, seconds (default: anything > 0).
-        maximum: largest value accepted, seconds (default: no limit).
+        maximum: largest value accepted, seconds (default: ten years, the library's limit on any duration).
 
     Returns:
         The duration in seconds, finite and > 0.
 
     Raises:
         InvalidArgumentError: not a duration, not finite, not > 0, or out of [minimum, maximum]; one wording for
-            all of them, naming ``name`` and the value.
+            all of them ("<name> must be a duration ..., got <value>").
     """
     seconds = _seconds(value)
     low = 0.0 if minimum is None else minimum
-    high = math.inf if maximum is None else maximum
-    if seconds is None or not math.isfinite(seconds) or seconds <= 0 or not low <= seconds <= high:
-        if minimum is None and maximum is None:
-            wanted = f"a duration > 0 like {EXAMPLES}"
-        elif maximum is None:
-            wanted = f"a duration of at least {format_duration(low * 1000)}"
-        else:
-            wanted = f"a duration from {format_duration(low * 1000)} to {format_duration(high * 1000)}"
-        raise InvalidArgumentError(f"{name} must be {wanted}, got {value!r}")
-    return seconds
+    high = MAX_SECONDS if maximum is None else maximum
+    if seconds is not None and math.isfinite(seconds) and seconds > 0 and low <= seconds <= high:
+        return seconds
+    if minimum is not None or maximum is not None:
+        wanted = f"a duration from {format_duration(low * 1000)} to {format_duration(high * 1000)}"
+    elif seconds is not None and seconds > high and math.isfinite(seconds):
+        wanted = f"a duration of at most {format_duration(high * 1000)}"
+    else:
+        wanted = f"a duration > 0 like {EXAMPLES}"
+    raise InvalidArgumentError(f"{name} must be {wanted}, got {value!r}")
 
 
 def _seconds(value: object) -> float | None:

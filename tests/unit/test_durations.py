@@ -42,6 +42,12 @@ def test_one_wording_for_every_refusal(bad: object) -> None:
     assert str(error.value) == f"--ttl must be a duration > 0 like 30, 1.5, 500ms, 1m30s, 2h00m or 1d, got {bad!r}"
 
 
+def test_past_the_librarys_ten_years_is_refused_here_in_the_same_wording() -> None:
+    assert parse_duration("3650d") == 3650 * 86_400
+    with pytest.raises(InvalidArgumentError, match=r"^--ttl must be a duration of at most 3650d00h, got '3651d'$"):
+        parse_duration("3651d", "--ttl")
+
+
 def test_a_range_is_named_in_the_same_wording() -> None:
     assert parse_duration("2s", "--ttl", minimum=0.5, maximum=10) == 2
     with pytest.raises(InvalidArgumentError, match=r"^--ttl must be a duration from 500ms to 10.0s, got '20s'$"):
