@@ -24,6 +24,9 @@ SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "
 EVENTS_LOOKED_AT = 1000
 # Other owners of a scope named in one error line.
 OTHERS_SHOWN = 5
+# A namespace with more timers than this is not scanned for timers of the same name: a typo must not cost a read of
+# every timer (hundreds of MB at a million); the error says how to look instead.
+SCAN_LIMIT = 100_000
 COMMAND_SHOWN = 80
 
 
@@ -191,7 +194,7 @@ def owner_of_timer(store: TimerStore, scope_id: str, pid: int | None, worker: st
     process = read_process(chosen)
     if process is not None and not process.zombie:
         return OwnerChoice(Owner.of_pid(chosen, node).worker_id, chosen, defaulted=pid is None)
-    left = [t for t in store.list() if t.scope_id == scope_id and t.node == node and t.pid == chosen]
+    left = [t for t in timers_named(store, scope_id) or [] if t.node == node and t.pid == chosen]
     if len(left) == 1:
         return OwnerChoice(left[0].worker, chosen, defaulted=pid is None)
     raise missing_timer(store, scope_id, None, pid=chosen)
@@ -220,8 +223,13 @@ def missing_timer(store: TimerStore, scope_id: str, worker: str | None, *, pid: 
     fate = what_became_of(history, scope_id, worker, pid, node)
     if fate:
         message += f": {fate} (see `timerctl events`)"
-    others = [t for t in store.list() if t.scope_id == scope_id and t.worker != worker]
-    if others:
+    named = timers_named(store, scope_id)
+    others = [t for t in named or [] if t.worker != worker]
+    if named is None:
+        message += (
+            f"; too many timers to look for others named {scope_id!r}: `timerctl list --scope {shlex.quote(scope_id)}`"
+        )
+    elif others:
         message += "; " + other_owners(others, scope_id, node)
     elif not fate:
         expired = next(
@@ -233,6 +241,13 @@ def missing_timer(store: TimerStore, scope_id: str, worker: str | None, *, pid: 
                 f"; a timer {scope_id!r} of {other} expired at {format_time(expired.time_ms)} (see `timerctl events`)"
             )
     return TimerNotFoundError(message)
+
+
+def timers_named(store: TimerStore, scope_id: str) -> list[TimerInfo] | None:
+    """Every live timer named ``scope_id``, whoever owns it; None when the namespace is too big to scan."""
+    if store.count() > SCAN_LIMIT:
+        return None
+    return [t for t in store.list() if t.scope_id == scope_id]
 
 
 def other_owners(timers: Sequence[TimerInfo], scope_id: str, node: str) -> str:

@@ -8,6 +8,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+from timerctl import owners
 from timerctl.context import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_USAGE
 from timerctl.owners import process_args, shell_kind
 
@@ -153,3 +155,14 @@ def test_a_timer_of_an_exited_process_can_still_be_shown_and_released(
     assert invoke(store, "release", "left", "--pid", str(gone.pid)).exit_code == 0
     assert store.count() == 0
     assert invoke(store, "release", "left", "--pid", str(gone.pid), "--missing-ok").exit_code == 0
+
+
+def test_a_namespace_too_big_to_scan_is_not_scanned_for_a_miss(
+    store: TimerStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(owners, "SCAN_LIMIT", 1)
+    store.acquire("node-b:77:1", "job", 60)
+    store.acquire("node-b:78:1", "job", 60)
+    result = invoke(store, "extend", "job", "--ttl", "5", "--pid", str(os.getpid()))
+    assert result.exit_code == EXIT_NOT_FOUND
+    assert result.stderr.endswith("; too many timers to look for others named 'job': `timerctl list --scope job`\n")
