@@ -147,7 +147,7 @@ class CliState:
 pass_state = click.make_pass_decorator(CliState)
 
 
-class Seconds(click.ParamType):  # type: ignore[type-arg] # generic from click 8.3 on, not before
+class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic in recent click, plain in 8.1
     """A duration option: ``30``, ``1.5``, ``500ms``, ``1m30s``, ``2h00m``, ``1d`` (``timer_redis.durations``, the
     parser of the environment variables too). A malformed one is an invalid value (exit 5, one line), not a usage
     error, so scripts can tell a bad ttl from a typo in an option name.

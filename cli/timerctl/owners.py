@@ -168,7 +168,10 @@ def owner_for_acquire(store: TimerStore, pid: int | None, worker: str | None) ->
     if worker is not None:
         if pid is not None:
             raise click.UsageError("give --pid or --worker, not both")
-        return OwnerChoice(worker, parse_worker_id(worker)[1], defaulted=False)
+        node, worker_pid, _ = parse_worker_id(worker)
+        if worker_pid <= 1 or node == this_node(store):  # whether a pid is a thread, /proc tells for this node only
+            check_pid(worker_pid)
+        return OwnerChoice(worker, worker_pid, defaulted=False)
     chosen = parent_pid() if pid is None else pid
     check_pid(chosen)  # pid 1 and thread ids: refused now rather than at expiry
     process = read_process(chosen)
@@ -205,7 +208,9 @@ def this_node(store: TimerStore) -> str:
     return store.settings.node or default_node()
 
 
-def missing_timer(store: TimerStore, scope_id: str, worker: str | None, *, pid: int | None = None) -> Exception:
+def missing_timer(
+    store: TimerStore, scope_id: str, worker: str | None, *, pid: int | None = None
+) -> TimerNotFoundError:
     """The error of a command that names a timer that does not exist (exit 4), on one line: whose timer was
     looked for, what became of it when the events say, and the other owners of a timer of that name, with the flag
     that names each.

@@ -46,6 +46,8 @@ def test_pids_no_watchdog_would_signal_are_refused_at_acquire(store: TimerStore)
     with other_thread_id() as thread_id:
         thread = invoke(store, "acquire", "x", "--ttl", "1h", "--pid", str(thread_id))
     assert thread.exit_code == EXIT_INVALID and f"is a thread of process {os.getpid()}" in thread.stderr
+    by_worker = invoke(store, "acquire", "x", "--ttl", "1h", "--worker", "node-b:1:5")
+    assert by_worker.exit_code == EXIT_INVALID and "pid 1 (init)" in by_worker.stderr
     assert store.count() == 0
 
 
