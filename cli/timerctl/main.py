@@ -77,7 +77,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 def cli(ctx: click.Context, /, **options: Any) -> None:
     """Inspect and drive timer_redis deadman timers shared in Redis.
 
-    The options above work before or after the command: `timerctl list --namespace prod` is
+    The options below work before or after the command: `timerctl list --namespace prod` is
     `timerctl --namespace prod list`.
 
     \b
