@@ -27,7 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from . import api
-from .client import MIN_TTL_SECONDS
+from .client import MIN_TTL_SECONDS, check_expiration_time
 from .connection import check_url, connection_options, describe_client, mask_url, translate_error
 from .errors import InvalidArgumentError
 from .keys import Keys, check_scope_id
@@ -134,8 +134,10 @@ class AsyncRedisTimerClient:
             WrongTypeError: a key of the namespace holds another type; nothing was written.
             StoreUnavailableError: Redis could not be reached.
         """
-        expiration_time = timestamp("expiration_time", expiration_time)
-        return await self.acquire_for(scope_id, max(expiration_time - self._clock(), MIN_TTL_SECONDS))
+        timestamp("expiration_time", expiration_time)  # a finite int or float, or it raises
+        now = self._clock()
+        check_expiration_time(expiration_time, now)
+        return await self.acquire_for(scope_id, max(expiration_time - now, MIN_TTL_SECONDS))
 
     async def acquire_for(self, scope_id: str, ttl: float) -> int:
         """Start (or replace) the timer of ``scope_id``, due ``ttl`` seconds from now; returns the deadline ms."""

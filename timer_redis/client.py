@@ -18,6 +18,34 @@ from .wire import WorkerCommands
 
 # An expiration time already in the past still makes a timer, due at once (torch reaps it on the next pass too).
 MIN_TTL_SECONDS = 0.001
+# On a wall clock, an expiration time before 2001 is a ttl passed by mistake (acquire("x", 5)), not a moment that
+# was meant: the timer would be due at once and the caller killed. So is any float below 1e9 (September 2001).
+EARLIEST_EXPIRATION_TIME = 978_307_200  # 2001-01-01T00:00:00Z
+PLAUSIBLE_EPOCH_SECONDS = 1e9
+
+
+def check_expiration_time(expiration_time: float, now: float) -> None:
+    """Refuse an absolute expiration time that cannot be meant: before 2001, or a float below 1e9, while the
+    clock it is read against (``now``) is a wall clock. A clock that is not one (a test's, or ``time.monotonic``)
+    makes every value plausible.
+
+    Args:
+        expiration_time: as the caller gave it (an int or a float: the two are judged differently).
+        now: the clock ``expiration_time`` is on, read now.
+
+    Raises:
+        InvalidArgumentError: it looks like a ttl; the message shows the call that was probably meant.
+    """
+    if now < PLAUSIBLE_EPOCH_SECONDS:
+        return
+    if expiration_time < EARLIEST_EXPIRATION_TIME or (
+        isinstance(expiration_time, float) and expiration_time < PLAUSIBLE_EPOCH_SECONDS
+    ):
+        ttl = f"{expiration_time:g}" if expiration_time > 0 else "ttl"
+        raise InvalidArgumentError(
+            f"expiration_time {expiration_time!r} is not a time to come: acquire(scope_id, expiration_time) takes "
+            f"an absolute time.time() value, like torch; for a timer {ttl} s from now pass time.time() + {ttl}"
+        )
 
 
 class RedisTimerClient(TimerClient):
@@ -38,7 +66,8 @@ class RedisTimerClient(TimerClient):
         settings: timer knobs; defaults to ``TimerSettings.from_env()``.
         signal: signal sent to this process when one of its timers expires (default SIGKILL).
         strict: wait for every reply.
-        pid: own the timers on behalf of another process of this node (default: the calling process).
+        pid: own the timers on behalf of another process of this node (default: the calling process); pid 1 and
+            a thread id that is not its process' leader are refused (a watchdog would never signal them).
         clock: the clock ``expiration_time`` is read on (default ``time.time``).
         secret: the namespace secret: timers are signed with it (default ``TIMER_REDIS_SECRET_FILE`` or
             ``TIMER_REDIS_SECRET``). Ignored with ``store``, which has its own.
@@ -91,10 +120,14 @@ class RedisTimerClient(TimerClient):
         """Start (or replace) the timer of ``scope_id``, due at ``expiration_time`` on this client's clock.
 
         Raises:
-            InvalidArgumentError: bad scope_id or expiration_time; nothing was written.
+            InvalidArgumentError: bad scope_id or expiration_time (also one before 2001, which is a ttl passed by
+                mistake: see ``check_expiration_time``); nothing was written.
             StoreUnavailableError: Redis could not be reached.
         """
+        given = expiration_time
         expiration_time = timestamp("expiration_time", expiration_time)
+        if expiration_time < PLAUSIBLE_EPOCH_SECONDS:  # one comparison on the hot path; the rest only when it fails
+            check_expiration_time(given, self._clock())
         # At least 1 ms: an expiration time already in the past makes a timer due at once (MIN_TTL_SECONDS).
         ttl_ms = math.ceil((expiration_time - self._clock()) * 1000)
         ttl_ms = ttl_ms if ttl_ms > 0 else 1

@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
 from timer_redis import Event, TimerInfo, TimerStore, Watchdog
 from timer_redis.keys import parse_worker_id
 
-from .context import EXIT_ERROR, CliError, CliState, emit_json, format_duration, json_option
+from .context import EXIT_ERROR, CliError, CliState, Seconds
+from .group import TimerctlCommand
+from .render import emit_json, event_summary, format_duration, plural
 
 STEPS = 3
 HANG_AT_STEP = 2
@@ -127,13 +128,12 @@ class DemoRun:
         return data
 
 
-@click.command()
+@click.command(cls=TimerctlCommand)
 @click.option("--workers", type=click.IntRange(1, 20), default=6, show_default=True, help="Worker processes.")
 @click.option("--hung", type=click.IntRange(min=0), default=2, show_default=True, help="How many of them hang.")
 @click.option(
-    "--ttl", type=click.FloatRange(0.5, 10.0), default=3.0, show_default=True, help="Timer of each worker step, s."
+    "--ttl", type=Seconds(0.5, 10.0), default=3.0, show_default=True, help="Timer of each worker step: 500ms to 10s."
 )
-@json_option
 @click.pass_context
 def demo(ctx: click.Context, workers: int, hung: int, ttl: float) -> None:
     """Watch hung workers being killed: an embedded Redis, two watchdog replicas and a few workers, some of which
@@ -146,19 +146,15 @@ def demo(ctx: click.Context, workers: int, hung: int, ttl: float) -> None:
     \b
     Examples:
       timerctl demo
-      timerctl demo --workers 10 --hung 3 --ttl 2
-      timerctl --url redis://localhost:6379/0 demo --json
+      timerctl demo --workers 10 --hung 3 --ttl 2s
+      timerctl demo --url redis://localhost:6379/0 --json
     """
     if hung > workers:
         raise click.UsageError(f"--hung ({hung}) cannot exceed --workers ({workers})")
     state = ctx.find_object(CliState)
-    assert state is not None and ctx.parent is not None
-    explicit = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    embedded = ctx.parent.get_parameter_source("url") not in explicit
-    if ctx.parent.get_parameter_source("namespace") in explicit:
-        namespace = state.namespace
-    else:
-        namespace = f"demo-{uuid.uuid4().hex[:8]}"
+    assert state is not None
+    embedded = not state.explicit("url")
+    namespace = state.checked_namespace() if state.explicit("namespace") else f"demo-{uuid.uuid4().hex[:8]}"
     out = LineView(err=True) if state.json_output else LiveView() if sys.stdout.isatty() else LineView(err=False)
 
     with ExitStack() as stack:
@@ -259,10 +255,11 @@ def watch(run: DemoRun, store: TimerStore, out: View) -> None:
 def describe_failure(summary: dict[str, Any]) -> str:
     problems = []
     if summary["hung_killed"] < summary["hung"]:
-        problems.append(f"{summary['hung'] - summary['hung_killed']} hung worker(s) were not killed")
+        missed = summary["hung"] - summary["hung_killed"]
+        problems.append(f"{plural(missed, 'hung worker was', 'hung workers were')} not killed")
     unfinished = summary["workers"] - summary["hung"] - summary["finished"]
     if unfinished:
-        problems.append(f"{unfinished} healthy worker(s) did not finish ({summary['healthy_killed']} killed)")
+        problems.append(f"{plural(unfinished, 'healthy worker')} did not finish ({summary['healthy_killed']} killed)")
     return "; ".join(problems) or "unknown"
 
 
@@ -286,17 +283,15 @@ class View:
 def header(run: DemoRun, replicas: int) -> str:
     where = f"embedded Redis (fakeredis) at {run.url}" if run.embedded else f"Redis at {run.url}"
     return (
-        f"timerctl demo: {len(run.workers)} workers ({STEPS} steps, {run.ttl:g}s timer each), "
-        f"{replicas} watchdog replicas, {where}, namespace {run.namespace}"
+        f"timerctl demo: {plural(len(run.workers), 'worker')} ({STEPS} steps, {format_duration(run.ttl * 1000)} "
+        f"timer each), {plural(replicas, 'watchdog replica')}, {where}, namespace {run.namespace}"
     )
 
 
 def describe_event(run: DemoRun, event: Event) -> str:
-    scope = event.fields.get("scope_id", "")
-    detail = event.fields.get("detail", "")
-    lag = f" (lag {event.fields['lag_ms']} ms)" if "lag_ms" in event.fields else ""
+    """The event as ``timerctl events`` words it, after the seconds since the demo started."""
     at = (event.time_ms - run.server_start_ms) / 1000
-    return f"{at:5.1f}s  {event.type:<10} {scope}{': ' + detail if detail else ''}{lag}"
+    return f"{at:5.1f}s  {event_summary(event)}"
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
@@ -308,7 +303,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         else "FAILED: " + describe_failure(summary)
     )
     return [
-        f"summary: {summary['workers']} workers in {summary['seconds']:.1f}s: {summary['finished']} finished, "
+        f"summary: {plural(summary['workers'], 'worker')} in {summary['seconds']:.1f}s: "
+        f"{summary['finished']} finished, "
         f"{summary['hung_killed']} of {summary['hung']} hung killed by the watchdog{lag}, "
         f"{summary['healthy_killed']} healthy killed",
         f"events: {events}",

@@ -112,6 +112,7 @@ class TimerListing(StoreBase):
         worker: str | None = None,
         within: float | None = None,
         scope: str | None = None,
+        pid: int | None = None,
         scan_limit: int = SCAN_LIMIT,
     ) -> TimerInfos:
         """Live timers, earliest deadline first, reading only as many workers as the answer needs.
@@ -123,18 +124,19 @@ class TimerListing(StoreBase):
             worker: only timers of this worker (read from its record alone).
             within: only timers due within this many seconds from now.
             scope: only timers whose scope matches this glob (``fnmatch``: ``step-*``).
-            scan_limit: with ``node`` or ``scope`` and a ``limit``, look at no more than this many workers.
+            pid: only timers of workers with this pid (on any node).
+            scan_limit: with ``node``, ``scope`` or ``pid`` and a ``limit``, look at no more than this many workers.
         """
         max_ms = math.inf
         if due_only or within is not None:
             max_ms = self.server_time_ms() + (0 if due_only else math.ceil((within or 0) * 1000))
         if worker is not None:
             parse_worker_id(worker)
-            if node is not None and node_of(worker) != node:
+            if (node is not None and node_of(worker) != node) or (pid is not None and _pid_of(worker) != pid):
                 return []
             own = [t for t in self._timers_of([worker])[worker] if t.deadline_ms <= max_ms and _matches(t, scope)]
             return sorted(own, key=_deadline)[:limit]
-        filtered = node is not None or scope is not None
+        filtered = node is not None or scope is not None or pid is not None
         timers: TimerInfos = []
         offset = 0
         chunk = LIST_CHUNK if limit is None or filtered else min(limit, LIST_CHUNK)
@@ -149,7 +151,11 @@ class TimerListing(StoreBase):
             offset += len(rows)
             # Members that are not worker ids are skipped here; the claim script reports and removes them.
             members = [as_text(member) for member, _ in rows]
-            wanted = [m for m in members if is_worker_id(m) and (node is None or node_of(m) == node)]
+            wanted = [
+                m
+                for m in members
+                if is_worker_id(m) and (node is None or node_of(m) == node) and (pid is None or _pid_of(m) == pid)
+            ]
             for timers_of in self._timers_of(wanted).values():
                 timers += [t for t in timers_of if t.deadline_ms <= max_ms and _matches(t, scope)]
             if limit is not None:
@@ -179,6 +185,10 @@ class TimerListing(StoreBase):
             entries, _ = parse_record(record if isinstance(record, (bytes, str)) else None)
             timers[worker] = [TimerInfo.of(worker, entry) for entry in entries]
         return timers
+
+
+def _pid_of(worker: str) -> int:
+    return parse_worker_id(worker)[1]
 
 
 def _deadline(timer: TimerInfo) -> int:

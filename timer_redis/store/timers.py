@@ -4,9 +4,10 @@ release every timer of one worker. With a namespace secret, each acquire and ext
 from __future__ import annotations
 
 from ..errors import TimerNotFoundError
-from ..keys import check_scope_id, timer_member
+from ..keys import check_scope_id, is_worker_id, timer_member
 from ..process import Owner
 from ..records import TimerEntry, WorkerOptions, parse_record
+from ..redis_compat import as_text
 from ..settings import parse_signal
 from ..signing import SignedTimer
 from ..validation import seconds_to_ms
@@ -16,6 +17,8 @@ from .listing import TimerInfo
 
 # Workers whose packed fast-path commands a store keeps (a client has one worker per process).
 MAX_CACHED_WORKERS = 256
+# Workers released per round trip by release_all().
+RELEASE_ALL_CHUNK = 1000
 
 
 class TimerOperations(StoreBase):
@@ -196,6 +199,31 @@ class TimerOperations(StoreBase):
         worker = self._worker(owner)
         with self.translated_errors():
             return self.scripts.release_worker(self.redis, self.keys, worker, reason, self.settings.events_maxlen)
+
+    def release_all(self, *, reason: str = "operator") -> dict[str, int]:
+        """Remove every timer of the namespace, ``RELEASE_ALL_CHUNK`` workers a round trip, each with a ``released``
+        event; members of the deadlines zset that are no worker ids are removed too.
+
+        Returns:
+            How many timers each worker lost.
+        """
+        cleared: dict[str, int] = {}
+        while True:
+            with self.translated_errors(self.keys.deadlines):
+                members = [as_text(m) for m in self.redis.zrange(self.keys.deadlines, 0, RELEASE_ALL_CHUNK - 1)]
+            if not members:
+                return cleared
+            workers = [m for m in members if is_worker_id(m)]
+            with self.translated_errors():
+                pipe = self.redis.pipeline(transaction=False)
+                for worker in workers:
+                    keys = [self.keys.deadlines, self.keys.worker(worker), self.keys.count, self.keys.events]
+                    self.scripts.run("release_worker", pipe, keys, [worker, reason, self.settings.events_maxlen])
+                strays = [m for m in members if not is_worker_id(m)]
+                if strays:
+                    pipe.zrem(self.keys.deadlines, *strays)
+                replies = pipe.execute()
+            cleared.update((worker, int(count)) for worker, count in zip(workers, replies, strict=False))
 
     def get(self, owner: Owner | str, scope_id: str) -> TimerInfo | None:
         """The timer (owner, scope_id), or None."""
