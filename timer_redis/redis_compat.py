@@ -34,5 +34,6 @@ def pooled_connection(pool: Any) -> Any:
 
 
 def as_text(reply: Any) -> str:
-    """A reply as text, whether the client decodes responses (str) or not (bytes)."""
-    return reply.decode() if isinstance(reply, bytes) else str(reply)
+    """A reply as text, whether the client decodes responses (str) or not (bytes); bytes that are not UTF-8 (what a
+    Redis writer put there) become U+FFFD instead of an error."""
+    return reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)

@@ -8,6 +8,7 @@ production); the watchdogs are threads of this process; each worker is a process
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -24,7 +25,9 @@ from typing import Any
 import click
 
 from timer_redis import Event, TimerInfo, TimerStore, Watchdog
+from timer_redis.connection import mask_url
 from timer_redis.keys import parse_worker_id
+from timer_redis.signing import SECRET_ENV, SECRET_FILE_ENV, load_secret
 
 from .context import EXIT_ERROR, CliError, CliState, Seconds
 from .group import TimerctlCommand
@@ -157,19 +160,20 @@ def demo(ctx: click.Context, workers: int, hung: int, ttl: float) -> None:
     namespace = state.checked_namespace() if state.explicit("namespace") else f"demo-{uuid.uuid4().hex[:8]}"
     out = LineView(err=True) if state.json_output else LiveView() if sys.stdout.isatty() else LineView(err=False)
 
+    secret, secret_env = demo_secret(state)
     with ExitStack() as stack:
         url = stack.enter_context(embedded_redis()) if embedded else state.url
-        store = TimerStore.from_url(url, namespace)
+        store = TimerStore.from_url(url, namespace, secret=secret)
         stack.callback(store.redis.close)
-        run = DemoRun(url=url, namespace=namespace, embedded=embedded, ttl=ttl)
+        run = DemoRun(url=mask_url(url), namespace=namespace, embedded=embedded, ttl=ttl)
         run.server_start_ms = run.now_ms = store.server_time_ms()
         for _ in range(REPLICAS):
-            replica = Watchdog(url=url, namespace=namespace, max_interval=0.5)
+            replica = Watchdog(url=url, namespace=namespace, max_interval=0.5, secret=secret)
             replica.start()
             stack.callback(replica.store.redis.close)
             stack.callback(replica.stop)
         stack.callback(stop_workers, run)
-        start_workers(run, workers, hung)
+        start_workers(run, workers, hung, url, secret_env)
         out.begin(run, REPLICAS)
         watch(run, store, out)
     summary = run.summary()
@@ -199,11 +203,25 @@ def embedded_redis() -> Iterator[str]:
         server.server_close()
 
 
-def start_workers(run: DemoRun, count: int, hung: int) -> None:
+def demo_secret(state: CliState) -> tuple[bytes, dict[str, str]]:
+    """The namespace secret of the demo and what its workers need in their environment to sign with it: the
+    one configured (--secret-file, TIMER_REDIS_SECRET_FILE, TIMER_REDIS_SECRET), else a new random one, so the
+    demo shows signed timers as a deployment should run them."""
+    if state.secret_file:
+        environ = {SECRET_FILE_ENV: state.secret_file}
+        return load_secret(environ=environ) or b"", environ
+    configured = load_secret()
+    if configured is not None:
+        return configured, {}
+    text = secrets.token_hex(32)
+    return text.encode(), {SECRET_ENV: text}
+
+
+def start_workers(run: DemoRun, count: int, hung: int, url: str, secret_env: dict[str, str]) -> None:
     """Start ``count`` workers; ``hung`` of them, spread out, hang at step 2."""
     spacing = count // hung if hung else 0
     hanging = {k * count // hung + spacing // 2 for k in range(hung)}
-    env = dict(os.environ, TIMER_REDIS_URL=run.url, TIMER_REDIS_NAMESPACE=run.namespace)
+    env = dict(os.environ, TIMER_REDIS_URL=url, TIMER_REDIS_NAMESPACE=run.namespace, **secret_env)
     for index in range(count):
         name = f"worker-{index + 1}"
         work = round(run.ttl * (0.3 + 0.1 * (index % 3)), 3)  # every healthy step well inside its ttl

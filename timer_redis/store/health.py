@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from ..errors import WrongTypeError
 from ..keys import DELIVERY_GROUP, is_worker_id, node_of
 from ..records import parse_record
 from ..redis_compat import as_text
@@ -29,6 +30,8 @@ REPLICA_TIMEOUT_SECONDS = 10.0
 FORGET_REPLICA_SECONDS = 60.0
 # stats() counts unread orders one by one only when Redis cannot tell the group's lag; at most this many.
 UNDELIVERED_COUNT_LIMIT = 100_000
+# stats() counts the orders of at most this many pending entries of a node, and as many unread ones.
+PENDING_ENTRIES_READ = 1000
 # stats() reads this many due workers to count their timers and attribute them to nodes.
 DUE_SAMPLE = 1000
 # Nodes a heartbeat looks at for forgetting, at most.
@@ -59,11 +62,19 @@ class StoreHealth(StoreBase):
     def heartbeat(self, replica: str, node: str, *, started_ms: int | None = None) -> int:
         """Record that ``replica`` of ``node`` is alive now (server clock), mark the node active, and delete the
         heartbeats of replicas silent for ``FORGET_REPLICA_SECONDS`` (a killed replica never removes its own) and
-        entries that are not heartbeats at all.
+        entries that are not heartbeats at all. A replicas hash or nodes zset of another type is replaced, with
+        one ``malformed`` event: it held nothing of ours.
 
         Returns:
             ``started_ms`` as recorded: the server time of the first heartbeat when None was given.
         """
+        try:
+            return self._heartbeat(replica, node, started_ms)
+        except WrongTypeError:
+            self._replace_wrong_types({self.keys.replicas: "hash", self.keys.nodes: "zset"})
+            return self._heartbeat(replica, node, started_ms)
+
+    def _heartbeat(self, replica: str, node: str, started_ms: int | None) -> int:
         with self.translated_errors(self.keys.replicas):
             # Two round trips: read the clock and the other heartbeats together, then write ours and drop the dead.
             reads = self.redis.pipeline(transaction=False)
@@ -89,6 +100,24 @@ class StoreHealth(StoreBase):
                 writes.hdel(self.keys.replicas, *gone)
             writes.execute()
         return started_ms
+
+    def _replace_wrong_types(self, expected: dict[str, str]) -> None:
+        """Delete those of ``expected`` (key -> type) that hold another type, each with a ``malformed`` event."""
+        with self.translated_errors():
+            for key, kind in expected.items():
+                found = as_text(self.redis.type(key))
+                if found not in ("none", kind):
+                    log.warning("%s held a %s instead of a %s: deleted", key, found, kind)
+                    self.redis.delete(key)
+                    self._report_malformed(key, f"held a {found} instead of a {kind}: deleted")
+
+    def _report_malformed(self, key: str, detail: str) -> None:
+        """One ``malformed`` event (an events stream of another type is replaced first, as the claim does)."""
+        with self.translated_errors(self.keys.events):
+            if as_text(self.redis.type(self.keys.events)) not in ("none", "stream"):
+                self.redis.delete(self.keys.events)
+            fields = {"type": "malformed", "key": key, "detail": detail}
+            self.redis.xadd(self.keys.events, fields, maxlen=self.settings.events_maxlen, approximate=True)
 
     def forget_gone_nodes(self, retention_seconds: float) -> list[str]:
         """Remove the delivery streams and ``nodes`` entries of a few nodes silent for ``retention_seconds``: no
@@ -226,28 +255,61 @@ class StoreHealth(StoreBase):
         }
 
     def _pending(self, node: str) -> int:
-        """Orders of ``node`` not finished yet: read and unacknowledged, or not read at all."""
+        """Orders of ``node`` not finished yet: read and unacknowledged, or not read at all. Entries are batches of
+        orders; their lines are counted among the first ``PENDING_ENTRIES_READ`` of each kind, and any entry past
+        those counts as one order (a lower bound, reached only during a mass expiry)."""
         key = self.keys.deliver(node)
         with self.translated_errors(key):
             try:
-                read = int(self.redis.xpending(key, DELIVERY_GROUP)["pending"])
-                return read + self._undelivered(node)
-            except redis.ResponseError:  # no group yet (or another type): every entry is unread
-                try:
-                    return int(self.redis.xlen(key))
-                except redis.ResponseError:
-                    return 0
+                pending = self.redis.xpending_range(key, DELIVERY_GROUP, "-", "+", PENDING_ENTRIES_READ)
+                groups = self.redis.xinfo_groups(key)
+            except redis.ResponseError:  # no stream, no group yet (or another type: replaced by the next claim)
+                groups, pending = [], []
+            last_read = next(
+                (
+                    as_text(g.get("last-delivered-id", b"0-0"))
+                    for g in groups
+                    if as_text(g.get("name", b"")) == DELIVERY_GROUP
+                ),
+                "0-0",
+            )
+            try:
+                unread = self.redis.xrange(key, f"({last_read}", "+", count=PENDING_ENTRIES_READ)
+                held = {as_text(p["message_id"]) for p in pending}
+                if held:
+                    first, last = min(held, key=_stream_id), max(held, key=_stream_id)
+                    entries = self.redis.xrange(key, first, last, count=2 * PENDING_ENTRIES_READ)
+                    read = [e for e in entries if as_text(e[0]) in held]
+                else:
+                    read = []
+            except redis.ResponseError:
+                return 0
+            total_pending = int(self.redis.xpending(key, DELIVERY_GROUP)["pending"]) if groups else 0
+            unread_entries = self._undelivered(node) if groups else len(unread)
+        orders = sum(_order_count(fields) for _, fields in [*read, *unread])
+        return orders + max(0, total_pending - len(read)) + max(0, unread_entries - len(unread))
 
     def _undelivered(self, node: str) -> int:
-        """Orders in the node's stream that no replica has read yet."""
+        """Entries in the node's stream that no replica has read yet."""
         groups = self.redis.xinfo_groups(self.keys.deliver(node))
         for group in groups:
             if as_text(group.get("name", b"")) == DELIVERY_GROUP:
                 lag = group.get("lag")
                 if lag is not None:
                     return int(lag)
-                # Redis cannot tell the lag when an order after the last one read was deleted (XDEL): count the
-                # orders after it instead, up to a limit.
+                # Redis cannot tell the lag when an entry after the last one read was deleted (XDEL): count the
+                # entries after it instead, up to a limit.
                 after = "(" + as_text(group.get("last-delivered-id", b"0-0"))
                 return len(self.redis.xrange(self.keys.deliver(node), after, "+", count=UNDELIVERED_COUNT_LIMIT))
         return 0
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+def _order_count(fields: dict[Any, Any]) -> int:
+    """How many orders a delivery stream entry holds (one per line; anything else counts as one)."""
+    batch = fields.get(b"o1", fields.get("o1"))
+    return batch.count(b"\n") + 1 if isinstance(batch, bytes) and batch else 1
