@@ -72,12 +72,25 @@ ProcessReader = Callable[[int], "ProcessState | None"]
 Killer = Callable[[int, int], None]
 
 
+def send_signal(pid: int, signal: int) -> None:
+    """Send ``signal`` to ``pid``: the one place the library signals a process.
+
+    Rule (keep it whatever sends the signal, e.g. a pidfd): ``os.kill`` is looked up when the signal is sent, never
+    bound at import, so when it has been replaced (``unittest.mock.patch("os.kill")``, as torch's own timer tests
+    do) that replacement receives every signal the library would send, and no process is signalled.
+
+    Raises:
+        OSError: from ``os.kill`` (``ProcessLookupError`` when the process is gone).
+    """
+    os.kill(pid, signal)
+
+
 def deliver(
     order: DeliveryOrder,
     policy: SignalPolicy,
     *,
     read: ProcessReader = read_process,
-    kill: Killer = os.kill,
+    kill: Killer = send_signal,
 ) -> DeliveryResult:
     """Signal the owner of ``order`` if, and only if, it is still the process that acquired the timer.
 
@@ -85,7 +98,7 @@ def deliver(
         order: the reaped worker.
         policy: which pids and uids may be signalled.
         read: looks a pid up (``process.read_process``); replaceable for tests on other platforms.
-        kill: sends the signal (``os.kill``).
+        kill: sends the signal (``send_signal``, i.e. whatever ``os.kill`` is at that moment).
 
     Returns:
         The outcome; this function never raises for a failed kill, it reports it.

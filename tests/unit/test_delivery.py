@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -41,6 +42,15 @@ def test_a_recycled_pid_is_never_signalled(child: subprocess.Popen[bytes]) -> No
     wrong_start = process_start_time(child.pid) + 1
     result = deliver(order_for(child.pid, wrong_start, signal.SIGKILL), SignalPolicy())
     assert result.outcome is Outcome.OWNER_GONE and "reused" in result.detail
+    assert child.poll() is None
+
+
+def test_a_patched_os_kill_gets_the_signal_and_the_process_lives(child: subprocess.Popen[bytes]) -> None:
+    order = order_for(child.pid, process_start_time(child.pid))
+    with mock.patch("os.kill") as kill:  # patched after import, as torch's tests do
+        result = deliver(order, SignalPolicy())
+    assert result.outcome is Outcome.DELIVERED
+    kill.assert_called_once_with(child.pid, signal.SIGTERM)
     assert child.poll() is None
 
 
