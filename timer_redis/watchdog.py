@@ -131,6 +131,21 @@ class Watchdog:
         Raises:
             StoreUnavailableError: Redis could not be reached (``run_forever`` logs it and backs off).
         """
+        result, orders = self.take_orders()
+        result.delivered = [(order, self._deliver_one(order)) for order in orders]
+        result.finished = self.store.finish_deliveries(result.delivered, self.replica_id)
+        if self.metrics is not None:
+            self.metrics.observe_pass(result)
+        return result
+
+    def take_orders(self) -> tuple[PassResult, list[DeliveryOrder]]:
+        """The first half of ``run_once()``: claim one batch of due timers, then take this node's delivery orders
+        (new ones, and now and then those a dead replica left). Whoever takes orders must finish them
+        (``store.finish_deliveries``); an order left unfinished is taken over again after the lease.
+
+        Raises:
+            StoreUnavailableError: Redis could not be reached.
+        """
         if not self._group_ready:
             self.store.ensure_delivery_group(self.node)
             self._group_ready = True
@@ -146,13 +161,9 @@ class Watchdog:
             taken = self.store.take_over_deliveries(self.node, self.replica_id, lease_ms, batch)
             result.taken_over = len(taken)
             orders += taken
-        result.delivered = [(order, self._deliver_one(order)) for order in orders]
-        result.finished = self.store.finish_deliveries(result.delivered, self.replica_id)
         # A full batch means more may be waiting: the next pass should not sleep.
         result.backlog = len(claim.claimed) >= batch or len(orders) >= batch
-        if self.metrics is not None:
-            self.metrics.observe_pass(result)
-        return result
+        return result, orders
 
     def _deliver_one(self, order: DeliveryOrder) -> DeliveryResult:
         try:
