@@ -66,15 +66,21 @@ def events_of(store: TimerStore, pid: int | None) -> list[str]:
     return [e.type for e in store.events(1000) if e.fields.get("worker", "").split(":")[-2:-1] == [str(pid)]]
 
 
-def canary_killed_after(
-    store: TimerStore, server: RedisTimerServer, processes: list[multiprocessing.Process], deadline: float
+def run_a_new_server_past(
+    redis_url: str, store: TimerStore, processes: list[multiprocessing.Process], deadline: float
 ) -> None:
-    """Prove that ``server`` has been claiming past ``deadline``: a hung canary due just after it gets killed."""
-    canary = start(processes, idle)
-    assert canary.pid is not None
-    store.acquire(Owner.of_pid(canary.pid, server.node), "canary", max(deadline - time.time(), 0) + 0.1)
-    canary.join(10)
-    assert canary.exitcode == -signal.SIGKILL
+    """Run a new server on the namespace until it has been claiming past ``deadline``, which a hung canary due just
+    after it proves by getting killed."""
+    server = RedisTimerServer(url=redis_url, namespace=NAMESPACE, max_interval=0.05)
+    server.start()
+    try:
+        canary = start(processes, idle)
+        assert canary.pid is not None
+        store.acquire(Owner.of_pid(canary.pid, server.node), "canary", max(deadline - time.time(), 0) + 0.1)
+        canary.join(10)
+        assert canary.exitcode == -signal.SIGKILL
+    finally:
+        server.stop()
 
 
 # -- 1. stop() applies what is still queued ----------------------------------------------------------------------
@@ -96,12 +102,7 @@ def test_a_release_still_queued_at_stop_is_applied_and_the_next_server_kills_nob
     assert mp_queue.qsize() == 0, "stop() took every queued request"
     assert real_store.count() == 0, "and applied them: the release reached Redis before stop() returned"
 
-    second = RedisTimerServer(url=redis_url, namespace=NAMESPACE, max_interval=0.05)
-    second.start()
-    try:
-        canary_killed_after(real_store, second, processes, old_deadline)
-    finally:
-        second.stop()
+    run_a_new_server_past(redis_url, real_store, processes, old_deadline)
     assert worker.is_alive(), "the released timer did not outlive the first server"
     assert events_of(real_store, worker.pid) == []
 
@@ -124,12 +125,7 @@ def test_a_bad_request_in_the_queue_is_reported_and_the_ones_after_it_are_applie
         (None, "bad", True)
     ]
 
-    second = RedisTimerServer(url=redis_url, namespace=NAMESPACE, max_interval=0.05)
-    second.start()
-    try:
-        canary_killed_after(real_store, second, processes, deadline)
-    finally:
-        second.stop()
+    run_a_new_server_past(redis_url, real_store, processes, deadline)
     assert worker.is_alive()
 
 
