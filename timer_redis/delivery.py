@@ -84,6 +84,9 @@ class DeliveryOrder:
     dump_signal: int | None = None
     group: str | None = None
     mac: str = field(default="", repr=False)
+    line: str = field(default="", repr=False, compare=False)
+    """The order as its stream holds it, so that it can be put back unchanged (a template pass of the torch server
+    puts back the orders of workers it did not reap)."""
 
 
 @dataclass(frozen=True)

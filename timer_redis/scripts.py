@@ -200,15 +200,17 @@ class Scripts:
         node: str,
         group: str,
         maxlen: int,
-        entries: Sequence[tuple[str, Sequence[Sequence[Any]]]],
+        entries: Sequence[tuple[str, Sequence[Sequence[Any]], str]],
     ) -> list[bool]:
-        """Run finish_delivery.lua on stream entries of one node, each with the events to write if this call
-        acknowledges it (each event a flat field, value, ... sequence); returns per entry whether it did."""
+        """Run finish_delivery.lua on stream entries of one node, each with the events to write and the order lines
+        to put back if this call acknowledges it (each event a flat field, value, ... sequence); returns per entry
+        whether it did."""
         args: list[Any] = [group, maxlen]
-        for entry_id, events in entries:
+        for entry_id, events, again in entries:
             args += [entry_id, len(events)]
             for event in events:
                 args += [len(event), *event]
+            args.append(again)
         reply = self.run("finish_delivery", client, [keys.deliver(node), keys.events], args)
         return [flag == ord("1") for flag in (reply.encode() if isinstance(reply, str) else reply)]
 

@@ -24,7 +24,7 @@ from .process import default_node
 from .settings import TimerSettings, parse_signal, url_from_env
 from .signing import SignedTimer
 from .store import Claim, TimerStore
-from .store.protocol import MalformedOrder
+from .store.protocol import DeliveryEntry, MalformedOrder
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,20 @@ class Watchdog:
         Raises:
             StoreUnavailableError: Redis could not be reached (``run_forever`` logs it and backs off).
         """
+        result, entries = self.take_orders()
+        self.finish_entries(result, entries, self.carry_out)
+        if self.metrics is not None:
+            self.metrics.observe_pass(result)
+        return result
+
+    def take_orders(self) -> tuple[PassResult, list[DeliveryEntry]]:
+        """The first half of ``run_once()``: claim one batch of due timers, then take this node's delivery entries
+        (new ones, and now and then those a dead replica left). Whoever takes entries must finish them
+        (``finish_entries``); an entry left unfinished is taken over again after the lease.
+
+        Raises:
+            StoreUnavailableError: Redis could not be reached.
+        """
         if not self._group_ready:
             self.store.ensure_delivery_group(self.node)
             self._group_ready = True
@@ -166,23 +180,40 @@ class Watchdog:
             taken = self.store.take_over_deliveries(self.node, self.replica_id, lease_ms, ENTRIES_PER_READ)
             result.taken_over = sum(len(entry.orders) for entry in taken)
             entries += taken
-        finished: list[tuple[str, list[list[Any]]]] = []
+        # A full batch means more may be waiting: the next pass should not sleep.
+        result.backlog = len(claim.claimed) >= batch or len(entries) >= ENTRIES_PER_READ
+        return result, entries
+
+    def finish_entries(
+        self,
+        result: PassResult,
+        entries: list[DeliveryEntry],
+        carry_out: Callable[[DeliveryOrder], DeliveryResult | None],
+    ) -> None:
+        """The second half of ``run_once()``: carry out every order of ``entries`` with ``carry_out`` (which returns
+        its outcome, or None to put the order back on the stream for a later pass), report what did not parse, and
+        acknowledge every entry with its outcome events, in one round trip. Fills ``result.delivered``,
+        ``result.finished`` and ``result.malformed``."""
+        finished: list[tuple[str, list[list[Any]], str]] = []
         owners: list[int] = []  # per delivered order, the index of its entry in `finished`
         for entry in entries:
-            events = [self._deliver_and_describe(order, result) for order in entry.orders]
-            owners += [len(finished)] * len(entry.orders)
+            events: list[list[Any]] = []
+            again: list[str] = []
+            for order in entry.orders:
+                outcome = carry_out(order)
+                if outcome is None:
+                    again.append(order.line)
+                    continue
+                result.delivered.append((order, outcome))
+                owners.append(len(finished))
+                events.append(self._outcome_event(order, outcome))
             for bad in entry.malformed:
                 log.warning("malformed delivery order in %s entry %s: %s", self.node, bad.entry_id, bad.detail)
                 events.append(self._malformed_event(bad))
                 result.malformed.append(bad)
-            finished.append((entry.entry_id, events))
+            finished.append((entry.entry_id, events, "\n".join(again)))
         flags = self.store.finish_deliveries(self.node, finished)
         result.finished = [flags[index] for index in owners]
-        # A full batch means more may be waiting: the next pass should not sleep.
-        result.backlog = len(claim.claimed) >= batch or len(entries) >= ENTRIES_PER_READ
-        if self.metrics is not None:
-            self.metrics.observe_pass(result)
-        return result
 
     def server_now_ms(self) -> int:
         """Now on the Redis clock, from the last claim's TIME and this process' monotonic clock since."""
@@ -204,9 +235,14 @@ class Watchdog:
         )
         return self.store.signer.verify(timer, order.mac)
 
-    def _deliver_one(self, order: DeliveryOrder) -> DeliveryResult:
-        """Screen ``order`` and carry it out; never raises."""
-        verify = self._verify if self.store.signer is not None else None
+    def verifier(self) -> Callable[[DeliveryOrder], bool] | None:
+        """What checks an order's signature: None without a namespace secret (every order is taken as signed)."""
+        return self._verify if self.store.signer is not None else None
+
+    def carry_out(self, order: DeliveryOrder) -> DeliveryResult:
+        """Screen ``order`` (its node, its signal, with a secret its signature and deadline) and carry it out with
+        the deliverer; never raises. The result's ``sent_ms`` is when, on the Redis clock."""
+        verify = self.verifier()
         now_ms = self.server_now_ms()
         try:
             if order.node != self.node:
@@ -224,11 +260,8 @@ class Watchdog:
         log.info("%s %s scope=%s: %s", outcome.outcome.value, order.worker, order.scope_id, outcome.detail)
         return DeliveryResult(outcome.outcome, outcome.detail, sent_ms=self.server_now_ms(), reason=outcome.reason)
 
-    def _deliver_and_describe(self, order: DeliveryOrder, result: PassResult) -> list[Any]:
-        """Carry ``order`` out, note it in ``result``, and return its outcome event (written if this replica
-        acknowledges the entry)."""
-        outcome = self._deliver_one(order)
-        result.delivered.append((order, outcome))
+    def _outcome_event(self, order: DeliveryOrder, outcome: DeliveryResult) -> list[Any]:
+        """The event of ``order``'s outcome (written if this replica acknowledges its entry)."""
         event: list[Any] = [
             "type", outcome.outcome.value, "worker", order.worker, "scope_id", order.scope_id, "pid", order.pid,
             "signal", order.signal, "deadline_ms", order.deadline_ms, "claimed_ms", order.claimed_ms,

@@ -175,7 +175,7 @@ def test_watchdog_scripts_survive_a_script_flush_on_the_raw_path(real_store: Tim
     (order,) = entry.orders
     assert (order.worker, order.pid, order.start_time, order.scope_id, order.claimer) == ("node-a:1:1", 1, 1, "s", "me")
     real_store.redis.script_flush()
-    assert real_store.finish_deliveries("node-a", [(entry.entry_id, [["type", "owner-gone"]])]) == [True]
+    assert real_store.finish_deliveries("node-a", [(entry.entry_id, [["type", "owner-gone"]], "")]) == [True]
     assert real_store.redis.xlen(real_store.keys.deliver("node-a")) == 0, "a finished order is trimmed"
 
 

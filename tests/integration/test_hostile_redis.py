@@ -210,7 +210,7 @@ def test_nodes_that_are_gone_leave_nothing_behind(real_store: TimerStore) -> Non
         time.sleep(0.002)
         real_store.claim_expired(10, "r")
         (entry,) = real_store.read_deliveries(node, "dead-replica", 10)
-        real_store.finish_deliveries(node, [(entry.entry_id, [["type", "owner-gone"]])])
+        real_store.finish_deliveries(node, [(entry.entry_id, [["type", "owner-gone"]], "")])
     real_store.acquire(Owner("pod-waiting", 1, 1), "s", 0.001)
     time.sleep(0.002)
     real_store.claim_expired(10, "r")  # an unread order: this node must stay

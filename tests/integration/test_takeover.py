@@ -175,6 +175,6 @@ def test_finishing_an_order_twice_writes_one_event(real_store: TimerStore) -> No
     real_store.claim_expired(10)
     (entry,) = real_store.read_deliveries("node-y", "a", 10)
     event = ["type", "owner-gone", "detail", "test"]
-    assert real_store.finish_deliveries("node-y", [(entry.entry_id, [event])]) == [True]
-    assert real_store.finish_deliveries("node-y", [(entry.entry_id, [event])]) == [False]
+    assert real_store.finish_deliveries("node-y", [(entry.entry_id, [event], "")]) == [True]
+    assert real_store.finish_deliveries("node-y", [(entry.entry_id, [event], "")]) == [False]
     assert [e.type for e in real_store.events()] == ["expired", "owner-gone"]

@@ -5,10 +5,12 @@
 -- ARGV[1] group      consumer group of the node's watchdogs
 -- ARGV[2] maxlen     int > 0, approximate cap of the events stream
 -- ARGV[3..] entries  per stream entry: its id, k (int >= 0, how many events), then k events, each as
---                    m (int >= 2, an even number of values) and m values: field, value, ... ("type" first)
+--                    m (int >= 2, an even number of values) and m values: field, value, ... ("type" first),
+--                    then the order lines to put back on the stream as a new entry ("" for none)
 -- Returns  a string of one character per entry: "1" when this call acknowledged it, "0" when another replica
 --          already had (its events are not written then)
 -- Errors   "BAD_ARG <name> <value>" when ARGV is not as above (nothing is changed then); "WRONGTYPE <key> <type>"
+-- Orders   XADD deliver * o1 <lines> for each acknowledged entry with lines to put back
 -- Events   the given events of each entry this call acknowledged
 --- @include "prelude"
 local deliver_key = KEYS[1]
@@ -34,6 +36,9 @@ while i <= #ARGV do
     entry.events[#entry.events + 1] = {first = i + 1, last = i + size}
     i = i + size + 1
   end
+  if i > #ARGV then return bad_arg('again', 'missing') end
+  entry.again = ARGV[i]
+  i = i + 1
   entries[#entries + 1] = entry
 end
 
@@ -46,6 +51,7 @@ for _, entry in ipairs(entries) do
     for _, event in ipairs(entry.events) do
       redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, event.first, event.last))
     end
+    if entry.again ~= '' then redis.call('XADD', deliver_key, '*', 'o1', entry.again) end
     local ms, seq = string.match(entry.id, '^(%d+)-(%d+)$')
     ms, seq = tonumber(ms), tonumber(seq)
     if ms and (not newest_ms or ms > newest_ms or (ms == newest_ms and seq > newest_seq)) then

@@ -112,6 +112,7 @@ def parse_order(entry_id: str, line: str) -> DeliveryOrder:
         dump_signal=_optional(dump_signal),
         group=None if group == "-" else group,
         mac="" if mac == "-" else mac,
+        line=line,
     )
 
 
@@ -263,12 +264,13 @@ class WatchdogProtocol(StoreBase):
         with self.translated_errors(self.keys.deliver(node)):
             return self.scripts.forget_idle_consumers(self.redis, self.keys, node, DELIVERY_GROUP, min_idle_ms, keep)
 
-    def finish_deliveries(self, node: str, entries: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> Flags:
+    def finish_deliveries(self, node: str, entries: Sequence[tuple[str, Sequence[Sequence[Any]], str]]) -> Flags:
         """Acknowledge entries of ``node``'s stream and write their outcome events, in one round trip.
 
         Args:
             node: whose stream.
-            entries: (entry id, events) pairs; each event a flat field, value, ... sequence, "type" first.
+            entries: (entry id, events, again) triples; each event a flat field, value, ... sequence, "type" first;
+                ``again``: order lines to put back on the stream as a new entry ("" for none).
 
         Returns:
             Per entry, True when this call acknowledged it (False: another replica had already finished it, and
