@@ -102,8 +102,9 @@ class Signer:
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def verify(self, timer: SignedTimer, mac: str) -> bool:
-        """Whether ``mac`` is the MAC of ``timer`` (compared in constant time)."""
-        return hmac.compare_digest(self.mac(timer), mac)
+        """Whether ``mac`` is the MAC of ``timer`` (compared in constant time; ``mac`` is whatever Redis held, so
+        any text at all)."""
+        return hmac.compare_digest(self.mac(timer).encode(), mac.encode(errors="replace"))
 
     def __repr__(self) -> str:  # never show the secret
         return "Signer(<secret>)"

@@ -8,7 +8,6 @@ takes them too, after its name (``group.py``). The TimerStore is built lazily in
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
@@ -135,7 +134,7 @@ LOG_LEVELS = ["debug", "info", "warning", "error"]
     "allowed_uids",
     type=click.IntRange(min=0),
     multiple=True,
-    help="Signal processes of this uid too (repeatable) [default: only this process' own uid].",
+    help="Signal processes of this uid (repeatable; replaces the default) [default: only this process' own uid].",
 )
 @click.option("--allow-any-uid", is_flag=True, help="Signal processes of any uid this process may signal.")
 @click.option(
@@ -221,7 +220,7 @@ def watchdog(
         batch_size=batch_size,
         lease=lease,
         node=check_node(node) if node is not None else None,
-        allowed_uids=[os.getuid(), *allowed_uids] if allowed_uids else None,
+        allowed_uids=list(allowed_uids) or None,
         allow_any_uid=allow_any_uid,
         allowed_signals=list(allowed_signals) or None,
         metrics=metrics,

@@ -10,7 +10,9 @@ timers: a writer can always do that (README, threat model), and no watchdog can 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import signal
 import time
 from collections import Counter
@@ -121,8 +123,7 @@ def apply(scene: Scene, write: tuple[str, Any]) -> None:
     elif what == "forged-timer":
         index, secret = payload
         pid, start = scene.innocents[index]
-        forger = TimerStore(client, keys.namespace, secret=secret)
-        forger.acquire(Owner(scene.node, pid, start), "forged", 0.001)
+        TimerStore(client, keys.namespace, secret=secret).acquire(Owner(scene.node, pid, start), "forged", 0.001)
     elif what == "replace":
         name, kind, value = payload
         key = {
@@ -173,7 +174,9 @@ def innocents() -> Iterator[list[multiprocessing.Process]]:
         process.join()
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=int(os.environ.get("HOSTILE_EXAMPLES", "6")), deadline=None, suppress_health_check=list(HealthCheck)
+)
 @given(hostile=st.lists(writes, min_size=8, max_size=40))
 def test_no_garbage_stops_a_replica_kills_an_innocent_or_saves_a_hung_worker(
     server: RedisServer, innocents: list[multiprocessing.Process], hostile: list[tuple[str, Any]]
@@ -201,7 +204,9 @@ def test_no_garbage_stops_a_replica_kills_an_innocent_or_saves_a_hung_worker(
         for replica in replicas:
             replica.start()
         for write in hostile:
-            apply(scene, write)
+            # The writer's own write may hit a key an earlier write gave another type: it just fails.
+            with contextlib.suppress(redis.ResponseError):
+                apply(scene, write)
         passes_after_garbage = [o.passes for o in observers]
         wait_for(lambda: all(not p.is_alive() for p in hung), timeout=HUNG_AFTER + 3 + 2, what="the hung to die")
         died_by = store.server_time_ms()
@@ -216,6 +221,8 @@ def test_no_garbage_stops_a_replica_kills_an_innocent_or_saves_a_hung_worker(
             if process.is_alive():
                 process.kill()
             process.join()
+        client.close()
+        store.redis.close()
     assert [p.exitcode for p in hung] == [-signal.SIGKILL] * HUNG
     assert died_by <= deadline + 3000 + 2000, "each hung worker died within its deadline + 3 s (+ the test's polling)"
     for process in innocents:
@@ -225,9 +232,8 @@ def test_no_garbage_stops_a_replica_kills_an_innocent_or_saves_a_hung_worker(
             assert stat.read().rsplit(b")", 1)[1].split()[0] != b"T", "nor stopped"
     events = store.events(100_000)
     malformed = Counter(tuple(sorted(e.fields.items())) for e in events if e.type == "malformed")
-    assert all(count == 1 for count in malformed.values()), "each malformed thing is reported once"
+    twice = {event: count for event, count in malformed.items() if count > 1}
+    assert not twice, f"each malformed thing is reported once: {twice}"
     delivered = [e for e in events if e.type == "delivered"]
     assert sorted(e.fields["worker"] for e in delivered) == sorted(scene.hung), "only the hung workers signalled"
     assert not any(isinstance(error, AssertionError) for o in observers for error in o.errors)
-    client.close()
-    store.redis.close()

@@ -128,8 +128,11 @@ for i = 1, worker_count do
   end
 end
 for i = first_stray, #ARGV do
-  doomed_members[#doomed_members + 1] = ARGV[i]
-  report(deadlines_key, 'member ' .. string.sub(ARGV[i], 1, 120) .. ' names no worker: removed')
+  -- Still there? Another replica may have removed (and reported) it since the caller read it.
+  if redis.call('ZSCORE', deadlines_key, ARGV[i]) then
+    doomed_members[#doomed_members + 1] = ARGV[i]
+    report(deadlines_key, 'member ' .. string.sub(ARGV[i], 1, 120) .. ' names no worker: removed')
+  end
 end
 
 -- Every read is done: the writes below cannot fail on anything Redis holds.
