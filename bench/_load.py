@@ -2,19 +2,21 @@
 
 The benchmarks use the public API (``TimerStore``, ``RedisTimerClient``, ``Watchdog``) wherever its speed allows.
 Where it does not (loading a million timers, moving every deadline to one instant, the floor of a client, the
-memory of each structure), they go through the functions here, so a change of acquire.lua's arguments or of the
-key layout is adapted in this one place. Going through acquire.lua rather than writing keys directly keeps the
-loaded layout exactly what the library writes.
+memory of each structure, whether a node's orders are all finished), they go through the functions here, so a
+change of acquire.lua's arguments or of the key layout is adapted in this one place. Going through acquire.lua
+rather than writing keys directly keeps the loaded layout exactly what the library writes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from importlib import resources
 
 import redis
 
 from timer_redis import TimerStore
-from timer_redis.store import DELIVERY_GROUP
+from timer_redis.keys import DELIVERY_GROUP
+from timer_redis.records import WorkerOptions
 
 from ._common import pack, send_pipelined
 
@@ -22,11 +24,18 @@ HOUR_MS = 3_600_000
 SIGKILL = 9
 
 
+def _acquire(store: TimerStore, worker: str, scope_id: str, ttl_ms: int, sha: str) -> bytes:
+    """One packed EVALSHA of acquire.lua: an unsigned timer, due ``ttl_ms`` after the server runs it."""
+    keys = store.scripts.acquire_keys(store.keys, worker)
+    args = [*store.scripts.acquire_worker_args(store.keys, worker, WorkerOptions(SIGKILL)), scope_id, ttl_ms, 0, "", ""]
+    return pack("EVALSHA", sha, len(keys), *keys, *args)
+
+
 def acquire_commands(store: TimerStore, timers: Iterable[tuple[str, str]], ttl_ms: int) -> Iterator[bytes]:
     """One packed EVALSHA of acquire.lua per (worker, scope_id)."""
+    sha = store.scripts.by_name["acquire"].sha
     for worker, scope_id in timers:
-        script, keys, args = store.scripts.acquire_args(store.keys, worker, scope_id, ttl_ms, SIGKILL)
-        yield pack("EVALSHA", script.sha, len(keys), *keys, *args)
+        yield _acquire(store, worker, scope_id, ttl_ms, sha)
 
 
 def load_timers(store: TimerStore, port: int, timers: Iterable[tuple[str, str]], ttl_ms: int = HOUR_MS) -> None:
@@ -38,20 +47,28 @@ def load_timers(store: TimerStore, port: int, timers: Iterable[tuple[str, str]],
 
 
 def set_all_deadlines(store: TimerStore, deadline_ms: int) -> int:
-    """Move every live timer's deadline to ``deadline_ms`` (a benchmark shortcut for "all due at once")."""
-    script = """
+    """Move every live timer's deadline to ``deadline_ms`` (a benchmark shortcut for "all due at once"): each
+    worker's record and its score. Touches keys it does not declare: a benchmark shortcut, never library code."""
+    prelude = resources.files("timer_redis").joinpath("lua", "includes", "prelude.lua").read_text(encoding="utf-8")
+    script = (
+        prelude
+        + """
+    local deadline = tonumber(ARGV[1])
     local members = redis.call('ZRANGE', KEYS[1], 0, -1)
-    for i = 1, #members, 2000 do
-      local args = {}
-      for j = i, math.min(i + 1999, #members) do
-        args[#args + 1] = ARGV[1]
-        args[#args + 1] = members[j]
+    for i = 1, #members do
+      local key = ARGV[2] .. members[i]
+      local entries = parse_record(redis.call('GET', key))
+      local lines = {}
+      for _, e in ipairs(entries) do
+        lines[#lines + 1] = entry_line(e.scope, deadline, e.ttl, e.signal, e.kill_after, e.dump_signal, e.group, e.mac)
       end
-      redis.call('ZADD', KEYS[1], 'XX', unpack(args))
+      redis.call('SET', key, table.concat(lines, '\\n'))
+      redis.call('ZADD', KEYS[1], deadline, members[i])
     end
     return #members
     """
-    return int(store.redis.eval(script, 1, store.keys.deadlines, deadline_ms))
+    )
+    return int(store.redis.eval(script, 1, store.keys.deadlines, deadline_ms, store.keys.worker("")))
 
 
 def wake_watchdogs(store: TimerStore, deadline_ms: int) -> None:
@@ -61,8 +78,8 @@ def wake_watchdogs(store: TimerStore, deadline_ms: int) -> None:
 
 
 def unfinished_orders(store: TimerStore, node: str) -> tuple[int, int]:
-    """Delivery orders of ``node`` not finished yet (read and pending, or not read by any replica), and how many
-    entries its stream still holds (finished orders are trimmed, but not always all of them)."""
+    """Stream entries of ``node``'s delivery orders not finished yet (read and pending, or not read by any replica),
+    and how many entries its stream still holds (finished ones are trimmed, but not always all of them)."""
     key = store.keys.deliver(node)
     pipe = store.redis.pipeline(transaction=False)
     pipe.xpending(key, DELIVERY_GROUP)
@@ -89,12 +106,12 @@ def packed_block(store: TimerStore, worker: str, scope_id: str, ttl_ms: int) -> 
     """A block's acquire and release of one timer as packed commands, for the floor of any client that puts its
     acquire on the socket before the block starts; and how many reply lines the two answer with when they
     succeed (acquire.lua's reply is a 2-element array: 3 lines; release.lua's an integer: 1)."""
-    acquire = store.scripts.acquire_args(store.keys, worker, scope_id, ttl_ms, SIGKILL)
-    release = store.scripts.release_args(store.keys, worker, scope_id)
-    first, second = (pack("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in (acquire, release))
     for name in ("acquire", "release"):
         store.redis.script_load(store.scripts.by_name[name].script)
-    return first, second, 4
+    acquire = _acquire(store, worker, scope_id, ttl_ms, store.scripts.by_name["acquire"].sha)
+    keys = store.scripts.acquire_keys(store.keys, worker)
+    release = pack("EVALSHA", store.scripts.by_name["release"].sha, len(keys), *keys, worker, scope_id)
+    return acquire, release, 4
 
 
 def memory_by_structure(store: TimerStore, sample_workers: Sequence[str], workers: int) -> dict[str, int]:
@@ -104,6 +121,6 @@ def memory_by_structure(store: TimerStore, sample_workers: Sequence[str], worker
     zset = int(store.redis.memory_usage(store.keys.deadlines, samples=0) or 0)
     sampled = sum(int(store.redis.memory_usage(store.keys.worker(w), samples=0) or 0) for w in sample_workers)
     return {
-        "deadlines zset": zset,
-        f"worker hashes ({len(sample_workers)} sampled)": round(sampled / max(1, len(sample_workers)) * workers),
+        "deadlines zset (a member per worker)": zset,
+        f"worker records ({len(sample_workers)} sampled)": round(sampled / max(1, len(sample_workers)) * workers),
     }

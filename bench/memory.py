@@ -6,9 +6,9 @@ The timers are loaded through acquire.lua (so the layout is exactly the library'
 ``process.default_node()`` makes them. Measured as the growth of ``used_memory`` (INFO memory) over the empty
 server, with MEMORY USAGE per structure. Then, after FLUSHALL, the same timers with every scope 44 bytes longer
 (75-103 bytes: past Redis' 64-byte ``hash-max-listpack-value``, where small hashes change encoding): their figure
-less those 44 bytes must be no worse than the short scopes'. Baseline, on the same server after FLUSHALL: one
-key per timer with a TTL (``SET <prefix><worker>|<scope> <signal> PX ...``), what the keyspace-notification
-approach stores.
+less those 44 bytes must be no worse than the short scopes' (within 5%: allocator size classes). Baseline, on the
+same server after FLUSHALL: one key per timer with a TTL (``SET <prefix><worker>|<scope> <signal> PX ...``),
+what the keyspace-notification approach stores.
 
     python -m bench.memory [--quick]
 """
@@ -35,6 +35,10 @@ from ._load import load_timers, memory_by_structure
 from .report import Quantity, Table
 
 TARGET_BYTES = 150
+# Long scopes, less their extra bytes, may exceed the short scopes' figure by this fraction at most: the allocator
+# rounds each worker's data up to a size class (classes 16-128 bytes apart at these sizes), differently for the
+# longer data. The encoding cliff this guards against cost a third more (380 B against 284 B per timer).
+LONG_SCOPE_TOLERANCE = 0.05
 
 
 def _used_memory(store: TimerStore) -> int:
@@ -97,13 +101,14 @@ def run(quick: bool) -> Table:
         f"{long:.0f} - {extra} = {normalized:.0f} B",
         f"{short:.0f} B (short scopes)",
         fmt_ratio(normalized / short),
-        "<= short scopes",
-        normalized <= short,
+        f"<= short scopes + {LONG_SCOPE_TOLERANCE:.0%}",
+        normalized <= short * (1 + LONG_SCOPE_TOLERANCE),
         raw={
             "ours": Quantity(normalized, "B"),
             "measured": Quantity(long, "B"),
             "extra_scope_bytes": Quantity(extra, "B"),
             "baseline": Quantity(short, "B"),
+            "target": Quantity(short * (1 + LONG_SCOPE_TOLERANCE), "B"),
         },
     )
     for name, size in long_parts.items():
@@ -116,8 +121,8 @@ def run(quick: bool) -> Table:
         f"scopes: {LONG_SCOPE_PREFIX!r} before each"
     )
     table.note(
-        f"long scopes: each scope's own {extra} extra bytes are allowed once; the rest must not grow (no "
-        "encoding cliff at 64 bytes)"
+        f"long scopes: each scope's own {extra} extra bytes are allowed once; the rest may grow by "
+        f"{LONG_SCOPE_TOLERANCE:.0%} at most (allocator size classes), far less than an encoding cliff at 64 bytes"
     )
     table.note("MEMORY USAGE does not count the main keyspace's per-key overhead, used_memory does")
     if quick:

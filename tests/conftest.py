@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 
 import fakeredis
@@ -92,3 +93,14 @@ def own_redis_server() -> Iterator[RedisServer]:
     _require_redis_server()
     with RedisServer(appendonly=True) as server:
         yield server
+
+
+@pytest.fixture
+def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts (sleepers, shells, ...) by appending them here; killed and reaped after it."""
+    processes: list[subprocess.Popen[bytes]] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -45,3 +47,29 @@ def snapshot(client: Any) -> dict[bytes, Any]:
 def wait_until_due(store: Any, deadline_ms: int) -> None:
     """Return once the Redis clock has passed ``deadline_ms`` (a few ms at most in these tests)."""
     wait_for(lambda: store.server_time_ms() > deadline_ms, timeout=2.0, interval=0.001, what="the deadline to pass")
+
+
+def read_orders(store: Any, node: str, consumer: str = "reader", count: int = 100) -> list[Any]:
+    """The delivery orders of ``node``'s stream not read yet, flattened out of their batches (entries)."""
+    return [order for entry in store.read_deliveries(node, consumer, count) for order in entry.orders]
+
+
+@contextmanager
+def other_thread_id() -> Iterator[int]:
+    """The kernel id of a thread of this process that is not its leader, alive for the ``with`` block."""
+    started, done = threading.Event(), threading.Event()
+    ids: list[int] = []
+
+    def park() -> None:
+        ids.append(threading.get_native_id())
+        started.set()
+        done.wait(30)
+
+    thread = threading.Thread(target=park, name="other-thread-id")
+    thread.start()
+    try:
+        started.wait(10)
+        yield ids[0]
+    finally:
+        done.set()
+        thread.join()

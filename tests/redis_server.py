@@ -63,7 +63,8 @@ class RedisServer:
             args += [f"--{name.replace('_', '-')}", value]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
-        probe = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        password = self.config.get("requirepass")
+        probe = redis.Redis(port=self.port, password=password, socket_timeout=0.5, socket_connect_timeout=0.5)
         while True:
             if self.process.poll() is not None:
                 stderr = self.process.stderr.read().decode() if self.process.stderr else ""

@@ -21,6 +21,7 @@ from .client import RedisTimerClient
 from .config import configure_from_env
 from .delivery import DeliveryOrder, DeliveryResult, Outcome, SignalPolicy
 from .errors import (
+    AuthenticationError,
     InvalidArgumentError,
     StoreUnavailableError,
     TimerNotFoundError,
@@ -35,6 +36,7 @@ from .watchdog import PassResult, Watchdog
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationError",
     "Claim",
     "ClaimResult",
     "DeliveryOrder",

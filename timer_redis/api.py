@@ -7,14 +7,13 @@ written against torch's timers reads the same here.
 from __future__ import annotations
 
 import abc
-import math
 import sys
 import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from .errors import InvalidArgumentError
+from .validation import seconds
 
 
 @dataclass(frozen=True)
@@ -61,19 +60,6 @@ def get_default_client() -> Any:
     return _default_client
 
 
-def check_after(after: object) -> float:
-    """Return ``after`` if it is a usable countdown (seconds, finite, > 0), else raise.
-
-    Raises:
-        InvalidArgumentError: not a number, NaN, infinite, zero or negative.
-    """
-    if isinstance(after, bool) or not isinstance(after, (int, float)):
-        raise InvalidArgumentError(f"after must be a number of seconds, got {after!r}")
-    if not math.isfinite(after) or after <= 0:
-        raise InvalidArgumentError(f"after must be finite and > 0 seconds, got {after!r}")
-    return float(after)
-
-
 class expires:  # a context manager class, named like torch's function
     """Run a block under a countdown timer: ``with expires(after=30): step()``.
 
@@ -98,7 +84,7 @@ class expires:  # a context manager class, named like torch's function
             client = self._configured_client()
             if client is None:
                 raise RuntimeError("Configure timer client before using countdown timers.")
-        self._after = check_after(after)
+        self._after = seconds("after", after)
         self._client = client
         if scope is None:
             caller = sys._getframe(1)

@@ -17,7 +17,6 @@ watchdogs) and waits for every reply. A client is bound to the event loop it fir
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,17 +24,20 @@ from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
 
-import redis
 import redis.asyncio as aioredis
 
 from . import api
-from .client import MIN_TTL_SECONDS
-from .errors import InvalidArgumentError, StoreUnavailableError, WrongTypeError
+from .client import MIN_TTL_SECONDS, check_expiration_time
+from .connection import check_url, connection_options, describe_client, mask_url, translate_error
+from .errors import InvalidArgumentError
 from .keys import Keys, check_scope_id
 from .process import Owner, check_pid
-from .scripts import domain_error, script_source
+from .records import WorkerOptions
+from .scripts import Scripts, script_source
+from .servertime import REFRESH_SECONDS
 from .settings import TimerSettings, parse_signal, url_from_env
-from .store import connection_options, describe_client, mask_url, ttl_to_ms
+from .signing import SignedTimer, Signer, load_secret
+from .validation import seconds_to_ms, timestamp
 
 __all__ = ["AsyncRedisTimerClient", "configure", "expires", "get_default_client"]
 
@@ -51,9 +53,11 @@ class AsyncRedisTimerClient:
         signal: sent to this process when one of its timers expires (default SIGKILL).
         pid: own the timers on behalf of another process of this node (default: the calling process).
         clock: the clock ``expiration_time`` is read on (default ``time.time``).
+        secret: the namespace secret: timers are signed with it (default ``TIMER_REDIS_SECRET_FILE`` or
+            ``TIMER_REDIS_SECRET``).
 
     Raises:
-        InvalidArgumentError: a bad URL, namespace, signal or pid.
+        InvalidArgumentError: a bad URL, namespace, signal, pid or secret.
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class AsyncRedisTimerClient:
         signal: int | str | None = None,
         pid: int | None = None,
         clock: Callable[[], float] = time.time,
+        secret: bytes | str | None = None,
     ) -> None:
         settings = settings or TimerSettings.from_env(namespace=namespace)
         if namespace is not None and namespace != settings.namespace:
@@ -73,7 +78,7 @@ class AsyncRedisTimerClient:
         self.settings = settings
         self.keys = Keys(settings.namespace)
         if redis_client is None:
-            raw_url = url_from_env(url)
+            raw_url = check_url(url_from_env(url))
             try:
                 redis_client = aioredis.Redis.from_url(raw_url, **connection_options(settings))
             except ValueError as error:
@@ -82,7 +87,11 @@ class AsyncRedisTimerClient:
         else:
             self.url = describe_client(redis_client)
         self.redis = redis_client
-        self._signal = settings.signal if signal is None else parse_signal(signal)
+        self._options = WorkerOptions(settings.signal if signal is None else parse_signal(signal))
+        loaded = load_secret(secret)
+        self._signer = Signer(loaded) if loaded else None
+        self._offset_ms: float | None = None  # server clock minus monotonic, for signed deadlines
+        self._offset_at = 0.0
         self._fixed_pid = check_pid(pid)
         self._clock = clock
         self._worker_pid = -1
@@ -105,20 +114,14 @@ class AsyncRedisTimerClient:
 
     @asynccontextmanager
     async def _translated_errors(self) -> AsyncIterator[None]:
+        """Our exceptions in place of redis-py's, as in the sync store (``connection.translate_error``)."""
         try:
             yield
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
-            raise StoreUnavailableError(f"Redis at {self.url} is unreachable: {error}") from error
-        except redis.ResponseError as error:
-            if "wrong kind of value" in str(error):
-                raise WrongTypeError(
-                    f"wrongtype: a key of namespace {self.keys.namespace!r} holds another Redis type than timer_redis "
-                    "uses"
-                ) from None
-            ours = domain_error(error)
-            if ours is not None:
-                raise ours from None
-            raise
+        except Exception as error:
+            ours = translate_error(error, self.url, self.keys.namespace)
+            if ours is None:
+                raise
+            raise ours from error
 
     async def acquire(self, scope_id: str, expiration_time: float) -> int:
         """Start (or replace) the timer of ``scope_id``, due at ``expiration_time`` on this client's clock.
@@ -131,21 +134,36 @@ class AsyncRedisTimerClient:
             WrongTypeError: a key of the namespace holds another type; nothing was written.
             StoreUnavailableError: Redis could not be reached.
         """
-        if isinstance(expiration_time, bool) or not isinstance(expiration_time, (int, float)):
-            raise InvalidArgumentError(f"expiration_time must be a number, got {expiration_time!r}")
-        if not math.isfinite(expiration_time):
-            raise InvalidArgumentError(f"expiration_time must be finite, got {expiration_time!r}")
-        return await self.acquire_for(scope_id, max(expiration_time - self._clock(), MIN_TTL_SECONDS))
+        timestamp("expiration_time", expiration_time)  # a finite int or float, or it raises
+        now = self._clock()
+        check_expiration_time(expiration_time, now)
+        return await self.acquire_for(scope_id, max(expiration_time - now, MIN_TTL_SECONDS))
 
     async def acquire_for(self, scope_id: str, ttl: float) -> int:
         """Start (or replace) the timer of ``scope_id``, due ``ttl`` seconds from now; returns the deadline ms."""
         check_scope_id(scope_id)
-        ttl_ms = ttl_to_ms(ttl)
+        ttl_ms = seconds_to_ms("ttl", ttl)
         worker = self.worker_id()
-        args: list[str | int] = [worker, scope_id, ttl_ms, self._signal, self.keys.wake_channel]
+        deadline_ms, mac = 0, ""
+        if self._signer is not None:
+            deadline_ms = await self._server_now_ms() + ttl_ms
+            signed = SignedTimer(self.keys.namespace, worker, scope_id, self._options.signal, deadline_ms)
+            mac = self._signer.mac(signed)
+        args = [*Scripts.acquire_worker_args(self.keys, worker, self._options), scope_id, ttl_ms, deadline_ms, "", mac]
         async with self._translated_errors():
-            reply = await self._acquire(keys=[self.keys.deadlines, self.keys.worker(worker)], args=args)
+            reply = await self._acquire(keys=Scripts.acquire_keys(self.keys, worker), args=args)
         return int(reply[0])
+
+    async def _server_now_ms(self) -> int:
+        """Now on the Redis clock, from an offset measured with TIME (again every minute): as ``ServerClock``."""
+        if self._offset_ms is None or time.monotonic() - self._offset_at >= REFRESH_SECONDS:
+            sent = time.monotonic()
+            async with self._translated_errors():
+                seconds, micros = await self.redis.time()
+            received = time.monotonic()
+            self._offset_ms = int(seconds) * 1000 + int(micros) / 1000 - (sent + received) * 500
+            self._offset_at = received
+        return int(time.monotonic() * 1000 + self._offset_ms)
 
     async def release(self, scope_id: str) -> bool:
         """Stop the timer of ``scope_id``; returns whether there was one (releasing none is a no-op).
@@ -157,7 +175,7 @@ class AsyncRedisTimerClient:
         check_scope_id(scope_id)
         worker = self.worker_id()
         async with self._translated_errors():
-            removed = await self._release(keys=[self.keys.deadlines, self.keys.worker(worker)], args=[worker, scope_id])
+            removed = await self._release(keys=Scripts.acquire_keys(self.keys, worker), args=[worker, scope_id])
         return bool(removed)
 
     async def aclose(self) -> None:

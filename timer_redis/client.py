@@ -9,13 +9,43 @@ from collections.abc import Callable
 
 from .api import TimerClient
 from .errors import InvalidArgumentError
+from .keys import check_scope_id
 from .process import Owner, check_pid
-from .settings import TimerSettings, parse_signal, url_from_env
+from .settings import TimerSettings, url_from_env
 from .store import TimerStore
+from .validation import timestamp
 from .wire import WorkerCommands
 
 # An expiration time already in the past still makes a timer, due at once (torch reaps it on the next pass too).
 MIN_TTL_SECONDS = 0.001
+# On a wall clock, an expiration time before 2001 is a ttl passed by mistake (acquire("x", 5)), not a moment that
+# was meant: the timer would be due at once and the caller killed. So is any float below 1e9 (September 2001).
+EARLIEST_EXPIRATION_TIME = 978_307_200  # 2001-01-01T00:00:00Z
+PLAUSIBLE_EPOCH_SECONDS = 1e9
+
+
+def check_expiration_time(expiration_time: float, now: float) -> None:
+    """Refuse an absolute expiration time that cannot be meant: before 2001, or a float below 1e9, while the
+    clock it is read against (``now``) is a wall clock. A clock that is not one (a test's, or ``time.monotonic``)
+    makes every value plausible.
+
+    Args:
+        expiration_time: as the caller gave it (an int or a float: the two are judged differently).
+        now: the clock ``expiration_time`` is on, read now.
+
+    Raises:
+        InvalidArgumentError: it looks like a ttl; the message shows the call that was probably meant.
+    """
+    if now < PLAUSIBLE_EPOCH_SECONDS:
+        return
+    if expiration_time < EARLIEST_EXPIRATION_TIME or (
+        isinstance(expiration_time, float) and expiration_time < PLAUSIBLE_EPOCH_SECONDS
+    ):
+        ttl = f"{expiration_time:g}" if expiration_time > 0 else "ttl"
+        raise InvalidArgumentError(
+            f"expiration_time {expiration_time!r} is not a time to come: acquire(scope_id, expiration_time) takes "
+            f"an absolute time.time() value, like torch; for a timer {ttl} s from now pass time.time() + {ttl}"
+        )
 
 
 class RedisTimerClient(TimerClient):
@@ -36,8 +66,11 @@ class RedisTimerClient(TimerClient):
         settings: timer knobs; defaults to ``TimerSettings.from_env()``.
         signal: signal sent to this process when one of its timers expires (default SIGKILL).
         strict: wait for every reply.
-        pid: own the timers on behalf of another process of this node (default: the calling process).
+        pid: own the timers on behalf of another process of this node (default: the calling process); pid 1 and
+            a thread id that is not its process' leader are refused (a watchdog would never signal them).
         clock: the clock ``expiration_time`` is read on (default ``time.time``).
+        secret: the namespace secret: timers are signed with it (default ``TIMER_REDIS_SECRET_FILE`` or
+            ``TIMER_REDIS_SECRET``). Ignored with ``store``, which has its own.
     """
 
     def __init__(
@@ -51,14 +84,15 @@ class RedisTimerClient(TimerClient):
         strict: bool | None = None,
         pid: int | None = None,
         clock: Callable[[], float] = time.time,
+        secret: bytes | str | None = None,
     ) -> None:
         if store is None:
             settings = settings or TimerSettings.from_env(namespace=namespace, signal=signal)
-            store = TimerStore.from_url(url_from_env(url), settings=settings)
+            store = TimerStore.from_url(url_from_env(url), settings=settings, secret=secret)
         elif namespace is not None and namespace != store.keys.namespace:
             raise InvalidArgumentError(f"namespace {namespace!r} differs from the store's {store.keys.namespace!r}")
         self.store = store
-        self._signal = store.settings.signal if signal is None else signal
+        self._options = store.worker_options(signal)
         self._wait = store.settings.strict if strict is None else strict
         self._fixed_pid = check_pid(pid)
         self._clock = clock
@@ -86,25 +120,29 @@ class RedisTimerClient(TimerClient):
         """Start (or replace) the timer of ``scope_id``, due at ``expiration_time`` on this client's clock.
 
         Raises:
-            InvalidArgumentError: bad scope_id or expiration_time; nothing was written.
+            InvalidArgumentError: bad scope_id or expiration_time (also one before 2001, which is a ttl passed by
+                mistake: see ``check_expiration_time``); nothing was written.
             StoreUnavailableError: Redis could not be reached.
         """
-        kind = type(expiration_time)
-        if (kind is not float and kind is not int) and (
-            isinstance(expiration_time, bool) or not isinstance(expiration_time, (int, float))
-        ):
-            raise InvalidArgumentError(f"expiration_time must be a number, got {expiration_time!r}")
-        if not math.isfinite(expiration_time):
-            raise InvalidArgumentError(f"expiration_time must be finite, got {expiration_time!r}")
+        given = expiration_time
+        expiration_time = timestamp("expiration_time", expiration_time)
+        if expiration_time < PLAUSIBLE_EPOCH_SECONDS:  # one comparison on the hot path; the rest only when it fails
+            check_expiration_time(given, self._clock())
         # At least 1 ms: an expiration time already in the past makes a timer due at once (MIN_TTL_SECONDS).
         ttl_ms = math.ceil((expiration_time - self._clock()) * 1000)
+        ttl_ms = ttl_ms if ttl_ms > 0 else 1
         pid = self._fixed_pid or os.getpid()
         commands = self._commands if pid == self._commands_pid else self._commands_of(pid)
-        commands.acquire(scope_id, ttl_ms if ttl_ms > 0 else 1, self._wait)  # type: ignore[union-attr]
+        if self.store.signer is None:
+            commands.acquire(scope_id, ttl_ms, self._wait)  # type: ignore[union-attr]
+            return
+        check_scope_id(scope_id)
+        deadline_ms, mac = self.store.signed_deadline(self._worker, self._options, scope_id, ttl_ms)
+        commands.acquire(scope_id, ttl_ms, self._wait, deadline_ms, 0, mac)  # type: ignore[union-attr]
 
     def acquire_for(self, scope_id: str, ttl: float) -> None:
         """Start (or replace) the timer of ``scope_id``, due ``ttl`` seconds from now (no clock involved)."""
-        self.store.acquire(self.worker_id(), scope_id, ttl, signal=self._signal, wait=self._wait)
+        self.store.acquire(self.worker_id(), scope_id, ttl, signal=self._options.signal, wait=self._wait)
 
     def release(self, scope_id: str) -> None:
         """Stop the timer of ``scope_id``; a no-op if there is none."""
@@ -113,8 +151,7 @@ class RedisTimerClient(TimerClient):
         commands.release(scope_id, self._wait)  # type: ignore[union-attr]
 
     def _commands_of(self, pid: int) -> WorkerCommands:
-        signal = self.store.settings.signal if self._signal is None else parse_signal(self._signal)
-        commands = self.store.worker_commands(self.worker_id(), signal)
+        commands = self.store.worker_commands(self.worker_id(), self._options)
         self._commands, self._commands_pid = commands, pid
         return commands
 

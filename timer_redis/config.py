@@ -16,18 +16,20 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from .api import configure
 from .client import RedisTimerClient
 from .errors import InvalidArgumentError
-from .keys import check_node
-from .settings import TimerSettings, url_from_env
+from .settings import DEFAULT_URL, TimerSettings
 
 # Read by configure_from_env(); TIMER_REDIS_MAX_INTERVAL is read too (by TimerSettings) but only watchdogs use it.
 ENV_VARIABLES = ("TIMER_REDIS_URL", "TIMER_REDIS_NAMESPACE", "TIMER_REDIS_NODE", "TIMER_REDIS_SIGNAL")
 _TRUE = ("1", "true", "yes", "on")
+# The default-URL warning is given once per process, however often configure_from_env() runs.
+_warned_default_url = False
 _FALSE = ("0", "false", "no", "off")
 
 
@@ -60,14 +62,17 @@ def configure_from_env(environ: Mapping[str, str] | None = None, *, torch: bool 
         which is both our client and a torch ``TimerClient``.
 
     Raises:
-        InvalidArgumentError: a variable holds a bad value (namespace, node, signal, URL).
+        InvalidArgumentError: a variable holds a bad value (namespace, node, signal, URL); the message starts with
+            the variable's name.
         ImportError: ``torch=True`` and torch (with torch.distributed) is not installed.
+
+    Warns:
+        UserWarning: once per process, when ``TIMER_REDIS_URL`` is not set and the default URL is used: on a
+            launched worker that usually means the launcher forgot it, and localhost:6379 may be another Redis.
     """
     env = os.environ if environ is None else environ
     settings = TimerSettings.from_env(env)
-    if settings.node is not None:
-        check_node(settings.node)  # fail here, not at the first acquire
-    url = url_from_env(None, env)
+    url = env.get("TIMER_REDIS_URL") or _default_url()
     strict = _strict_from_env(env)
     use_torch = "torch" in sys.modules if torch is None else torch
     client: RedisTimerClient | None = None
@@ -81,10 +86,32 @@ def configure_from_env(environ: Mapping[str, str] | None = None, *, torch: bool 
                 raise
             torch_api = None
         else:
-            client = adapters.RedisTimerClient(url=url, settings=settings, strict=strict)
+            client = _client(adapters.RedisTimerClient, url, settings, strict)
     if client is None:
-        client = RedisTimerClient(url=url, settings=settings, strict=strict)
+        client = _client(RedisTimerClient, url, settings, strict)
     configure(client)
     if torch_api is not None:
         torch_api.configure(client)
+    return client
+
+
+def _default_url() -> str:
+    global _warned_default_url
+    if not _warned_default_url:
+        _warned_default_url = True
+        warnings.warn(
+            f"TIMER_REDIS_URL is not set: timer_redis uses {DEFAULT_URL}, which may be another Redis than the "
+            "watchdogs'; set TIMER_REDIS_URL to silence this",
+            UserWarning,
+            stacklevel=3,
+        )
+    return DEFAULT_URL
+
+
+def _client(kind: Any, url: str, settings: TimerSettings, strict: bool | None) -> RedisTimerClient:
+    """``kind(url=..., ...)``, with a bad URL reported as a bad ``TIMER_REDIS_URL``."""
+    try:
+        client: RedisTimerClient = kind(url=url, settings=settings, strict=strict)
+    except InvalidArgumentError as error:
+        raise InvalidArgumentError(f"TIMER_REDIS_URL: {error}") from None
     return client

@@ -1,8 +1,16 @@
 """Turns a delivery order into a signal, after the checks that make a kill safe. Imports no redis.
 
-A watchdog never signals pid 0 or 1 or itself, never a process whose start time differs from the one recorded
-when the timer was acquired (a recycled pid), never a zombie (it already exited), and, when limited to given uids,
-never a process of another user.
+An order is input read from Redis, which anyone with write access can forge. A watchdog signals only:
+
+- a signal on its allow-list (``DEFAULT_ALLOWED_SIGNALS`` unless told otherwise; never SIGSTOP by default);
+- what the namespace secret signed, when the watchdog has one (``signing.py``), and not before its deadline;
+- a thread-group leader (a process, not one of its threads), never pid 0 or 1 or itself;
+- the very process that acquired the timer: same pid and start time, not a zombie, checked through a pidfd
+  (``os.pidfd_open``) opened before the check, so the process checked is the process signalled;
+- by default a process of the watchdog's own uid (others need ``allowed_uids``, or ``allow_any_uid``).
+
+Outcome details never tell anything about a process that is not the worker of a valid timer: a pid that is gone,
+reused, or a thread reads the same ("is not the process that acquired the timer").
 """
 
 from __future__ import annotations
@@ -10,10 +18,31 @@ from __future__ import annotations
 import enum
 import os
 import signal as signal_module
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from .process import ProcessState, read_process
+
+# What a deadman timer is for: end the process, ask it to end, or ask it for a dump. Not SIGSTOP, SIGCONT or
+# SIGTSTP (a writer could freeze a healthy process), nor the signals of faults (SIGSEGV...) or of job control.
+DEFAULT_ALLOWED_SIGNALS = frozenset(
+    int(s)
+    for s in (
+        signal_module.SIGKILL,
+        signal_module.SIGTERM,
+        signal_module.SIGINT,
+        signal_module.SIGHUP,
+        signal_module.SIGQUIT,
+        signal_module.SIGABRT,
+        signal_module.SIGUSR1,
+        signal_module.SIGUSR2,
+    )
+)
+# How far ahead of its deadline (on the server clock, as this watchdog estimates it) a signed order may be
+# carried out: a forged order copying a live timer must not kill its owner early.
+DUE_TOLERANCE_MS = 1000
+_REAL_KILL = os.kill
 
 
 class Outcome(str, enum.Enum):
@@ -25,9 +54,20 @@ class Outcome(str, enum.Enum):
     FAILED = "signal-failed"
 
 
+class Refusal(str, enum.Enum):
+    """Why an order was refused: the ``reason`` field of its ``refused`` event."""
+
+    BAD_SIGNATURE = "bad-signature"
+    NOT_DUE = "not-due"
+    SIGNAL_NOT_ALLOWED = "signal-not-allowed"
+    NEVER_SIGNALLED = "never-signalled"
+    UID_NOT_ALLOWED = "uid-not-allowed"
+    OTHER_NODE = "other-node"
+
+
 @dataclass(frozen=True)
 class DeliveryOrder:
-    """One reaped worker to be signalled, as queued by claim_expired.lua on its node's stream."""
+    """One reaped worker to be signalled, as claim_expired.lua queued it on its node's stream."""
 
     entry_id: str
     worker: str
@@ -39,77 +79,173 @@ class DeliveryOrder:
     deadline_ms: int
     claimed_ms: int
     claimer: str = ""
+    ttl_ms: int = 0
+    kill_after_ms: int | None = None
+    dump_signal: int | None = None
+    group: str | None = None
+    mac: str = field(default="", repr=False)
+    line: str = field(default="", repr=False, compare=False)
+    """The order as its stream holds it, so that it can be put back unchanged (a template pass of the torch server
+    puts back the orders of workers it did not reap)."""
 
 
 @dataclass(frozen=True)
 class DeliveryResult:
-    """The outcome of one order and a short human reason."""
+    """The outcome of one order, a short human reason, and for a refusal its ``Refusal``."""
 
     outcome: Outcome
     detail: str = ""
     sent_ms: int | None = field(default=None, compare=False)
+    reason: str = ""
 
 
 @dataclass(frozen=True)
 class SignalPolicy:
-    """Which processes a watchdog may signal.
+    """Which signals a watchdog sends, and to which processes.
 
     Args:
         allowed_uids: signal only processes of these uids; None = any uid the watchdog may signal.
-        own_pid: the watchdog's pid, never signalled.
+        allowed_signals: send only these signals.
+        own_pid: never signalled; None = the calling process at the time of the delivery.
     """
 
-    allowed_uids: frozenset[int] | None = None
-    own_pid: int = field(default_factory=os.getpid)
+    allowed_uids: frozenset[int] | None = field(default_factory=lambda: frozenset({os.getuid()}))
+    allowed_signals: frozenset[int] = DEFAULT_ALLOWED_SIGNALS
+    own_pid: int | None = None
 
     @classmethod
-    def limited_to(cls, uids: Collection[int] | None) -> SignalPolicy:
-        """A policy that signals only processes of ``uids`` (None or empty: no uid limit)."""
-        return cls(allowed_uids=frozenset(uids) if uids else None)
+    def limited_to(
+        cls,
+        uids: Collection[int] | None = None,
+        *,
+        allow_any_uid: bool = False,
+        signals: Iterable[int] | None = None,
+    ) -> SignalPolicy:
+        """A policy for ``uids`` (None or empty: this process' own uid; ``allow_any_uid``: any) and ``signals``
+        (None: ``DEFAULT_ALLOWED_SIGNALS``)."""
+        allowed_uids = None if allow_any_uid else frozenset(uids) if uids else frozenset({os.getuid()})
+        allowed_signals = frozenset(int(s) for s in signals) if signals is not None else DEFAULT_ALLOWED_SIGNALS
+        return cls(allowed_uids=allowed_uids, allowed_signals=allowed_signals)
 
 
 ProcessReader = Callable[[int], "ProcessState | None"]
-Killer = Callable[[int, int], None]
+OrderVerifier = Callable[[DeliveryOrder], bool]
+
+
+def signal_name(number: int) -> str:
+    """``SIGKILL`` for 9; the number itself for one this platform does not name."""
+    try:
+        return signal_module.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def send_signal(pid: int, signum: int, pidfd: int | None = None) -> None:
+    """Send ``signum`` to ``pid``, through ``pidfd`` when one is given (so the process checked is the one signalled).
+
+    ``os.kill`` is looked up at call time, and when it has been replaced (``unittest.mock.patch("os.kill")``, as
+    torch's own tests do) the replacement receives the signal instead of the pidfd: a test that mocks os.kill sees
+    every signal timer_redis would send, and nothing is really signalled.
+    """
+    kill = os.kill
+    if pidfd is None or kill is not _REAL_KILL:
+        kill(pid, signum)
+    else:
+        signal_module.pidfd_send_signal(pidfd, signum)
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """A pidfd of ``pid``, or None where the kernel or Python has none. Raises ProcessLookupError when no such
+    process exists and OSError(EINVAL) for a thread that is not a thread-group leader."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        fd: int = pidfd_open(pid)
+    except OSError as error:
+        if error.errno in (38, 95):  # ENOSYS, EOPNOTSUPP: no pidfd on this kernel
+            return None
+        raise
+    return fd
+
+
+def screen(
+    order: DeliveryOrder,
+    policy: SignalPolicy,
+    *,
+    verify: OrderVerifier | None = None,
+    server_now_ms: int | None = None,
+) -> DeliveryResult | None:
+    """The checks of an order that need no process: its signal is allowed, and with a secret it is signed and due.
+
+    Returns:
+        The refusal, or None when the order passed.
+    """
+    name = signal_name(order.signal)
+    if order.signal not in policy.allowed_signals:
+        allowed = ", ".join(sorted(signal_name(s) for s in policy.allowed_signals))
+        return _refused(Refusal.SIGNAL_NOT_ALLOWED, f"{name} is not among the allowed signals ({allowed})")
+    if verify is not None:
+        if not verify(order):
+            return _refused(Refusal.BAD_SIGNATURE, "the order is not signed with this namespace's secret")
+        if server_now_ms is not None and order.deadline_ms > server_now_ms + DUE_TOLERANCE_MS:
+            ahead = order.deadline_ms - server_now_ms
+            return _refused(Refusal.NOT_DUE, f"its deadline is {ahead} ms ahead: not due yet")
+    return None
 
 
 def deliver(
     order: DeliveryOrder,
     policy: SignalPolicy,
     *,
+    verify: OrderVerifier | None = None,
+    server_now_ms: int | None = None,
     read: ProcessReader = read_process,
-    kill: Killer = os.kill,
 ) -> DeliveryResult:
-    """Signal the owner of ``order`` if, and only if, it is still the process that acquired the timer.
+    """Signal the owner of ``order`` if, and only if, every check of this module's docstring passes.
 
     Args:
-        order: the reaped worker.
-        policy: which pids and uids may be signalled.
+        order: the reaped worker, as read from Redis (untrusted).
+        policy: which signals, pids and uids may be signalled.
+        verify: with a namespace secret, whether the order is signed with it (``Watchdog`` passes one).
+        server_now_ms: now on the Redis clock as the watchdog knows it; a signed order due later than this plus
+            ``DUE_TOLERANCE_MS`` is refused.
         read: looks a pid up (``process.read_process``); replaceable for tests on other platforms.
-        kill: sends the signal (``os.kill``).
 
     Returns:
-        The outcome; this function never raises for a failed kill, it reports it.
+        The outcome; this function never raises for a refused or failed kill, it reports it.
     """
+    refusal = screen(order, policy, verify=verify, server_now_ms=server_now_ms)
+    if refusal is not None:
+        return refusal
     pid = order.pid
-    if pid <= 1 or pid == policy.own_pid:
-        return DeliveryResult(Outcome.REFUSED, f"pid {pid} is never signalled")
-    state = read(pid)
-    if state is None or state.zombie:
-        return DeliveryResult(Outcome.OWNER_GONE, f"pid {pid} has exited")
-    if state.start_time != order.start_time:
-        return DeliveryResult(
-            Outcome.OWNER_GONE, f"pid {pid} was reused (start time {state.start_time}, timer's {order.start_time})"
-        )
-    if policy.allowed_uids is not None and state.uid not in policy.allowed_uids:
-        return DeliveryResult(Outcome.REFUSED, f"pid {pid} runs as uid {state.uid}, not in the allowed uids")
+    name = signal_name(order.signal)
+    if pid <= 1 or pid == (policy.own_pid or os.getpid()):
+        return _refused(Refusal.NEVER_SIGNALLED, f"pid {pid} is never signalled")
+    gone = DeliveryResult(Outcome.OWNER_GONE, f"pid {pid} is not the process that acquired the timer")
     try:
-        kill(pid, order.signal)
-    except ProcessLookupError:
-        return DeliveryResult(Outcome.OWNER_GONE, f"pid {pid} exited before the signal")
-    except OSError as error:
-        return DeliveryResult(Outcome.FAILED, f"{type(error).__name__}: {error}")
+        pidfd = _open_pidfd(pid)
+    except OSError:  # no such process, or a thread: not the worker either way
+        return gone
     try:
-        name = signal_module.Signals(order.signal).name
-    except ValueError:
-        name = str(order.signal)
+        state = read(pid)
+        if state is None or state.zombie or state.start_time != order.start_time or state.tgid != pid:
+            return gone
+        if policy.allowed_uids is not None and state.uid not in policy.allowed_uids:
+            uids = ", ".join(str(uid) for uid in sorted(policy.allowed_uids))
+            return _refused(Refusal.UID_NOT_ALLOWED, f"pid {pid} runs as uid {state.uid}; allowed uids: {uids}")
+        try:
+            send_signal(pid, order.signal, pidfd)
+        except ProcessLookupError:
+            return DeliveryResult(Outcome.OWNER_GONE, f"pid {pid} exited before the signal")
+        except OSError as error:
+            return DeliveryResult(Outcome.FAILED, f"{type(error).__name__}: {error}")
+    finally:
+        if pidfd is not None:
+            with suppress(OSError):
+                os.close(pidfd)
     return DeliveryResult(Outcome.DELIVERED, f"sent {name} to pid {pid}")
+
+
+def _refused(reason: Refusal, detail: str) -> DeliveryResult:
+    return DeliveryResult(Outcome.REFUSED, detail, reason=reason.value)

@@ -24,3 +24,7 @@ class TimerNotFoundError(TimerRedisError, KeyError):
 
 class StoreUnavailableError(TimerRedisError, ConnectionError):
     """Redis could not be reached, or did not answer within the socket timeout."""
+
+
+class AuthenticationError(TimerRedisError, PermissionError):
+    """Redis refused the credentials (WRONGPASS, NOAUTH): retrying will not help until the configuration changes."""

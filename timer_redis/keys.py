@@ -1,4 +1,5 @@
-"""Every Redis key, member and channel name, derived from a namespace.
+"""Every Redis key and channel name, derived from a namespace, and the ids they are built from (nodes, workers,
+scopes), each with the check that keeps it safe to embed.
 
 All keys of a namespace share the hash tag ``{<namespace>}``, so every script touches one slot and runs unchanged
 on Redis Cluster.
@@ -14,11 +15,17 @@ MAX_NAMESPACE_LENGTH = 64
 MAX_SCOPE_BYTES = 1024
 MAX_NODE_LENGTH = 128
 
-# A worker id is "<node>:<pid>:<start time>" and a timer member is "<worker>|<scope_id>": the node may hold
-# neither "|" nor ":" so both split unambiguously, while a scope_id may hold anything.
-_NODE_PATTERN = re.compile(r"^[A-Za-z0-9_.@+=-]+$")
-_NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9_.:@+=/-]+$")
+# A worker id is "<node>:<pid>:<start time>" and a timer id "<worker>|<scope_id>": the node may hold neither "|"
+# nor ":", so both split unambiguously. A scope_id may hold anything printable: no control characters, because a
+# worker's record separates its timers with "\n" and their fields with "\t" (records.py), and because scopes are
+# printed in tables, logs and events.
+_NODE_PATTERN = re.compile(r"[A-Za-z0-9_.@+=-]+")
+_NAMESPACE_PATTERN = re.compile(r"[A-Za-z0-9_.:@+=/-]+")
+_WORKER_PATTERN = re.compile(r"([A-Za-z0-9_.@+=-]{1,128}):([0-9]{1,10}):([0-9]{1,20})")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 MEMBER_SEPARATOR = "|"
+# The consumer group of each node's delivery stream: that node's watchdog replicas.
+DELIVERY_GROUP = "watchdogs"
 
 
 def check_namespace(namespace: object) -> str:
@@ -32,7 +39,7 @@ def check_namespace(namespace: object) -> str:
         raise InvalidArgumentError(f"namespace must be a non-empty string, got {namespace!r}")
     if len(namespace) > MAX_NAMESPACE_LENGTH:
         raise InvalidArgumentError(f"namespace {namespace[:20]!r}... is {len(namespace)} characters, limit 64")
-    if not _NAMESPACE_PATTERN.match(namespace):
+    if not _NAMESPACE_PATTERN.fullmatch(namespace):
         raise InvalidArgumentError(f"namespace {namespace!r} may hold only letters, digits and _.:@+=/-")
     return namespace
 
@@ -43,7 +50,7 @@ def check_node(node: object) -> str:
     Raises:
         InvalidArgumentError: not a string, empty, too long, or holding ":" "|" or spaces.
     """
-    if not isinstance(node, str) or not node or len(node) > MAX_NODE_LENGTH or not _NODE_PATTERN.match(node):
+    if not isinstance(node, str) or not node or len(node) > MAX_NODE_LENGTH or not _NODE_PATTERN.fullmatch(node):
         raise InvalidArgumentError(f"node must be 1-128 characters of letters, digits and _.@+=-, got {node!r}")
     return node
 
@@ -52,12 +59,19 @@ def check_scope_id(scope_id: object) -> str:
     """Return ``scope_id`` if it can name a timer, else raise.
 
     Raises:
-        InvalidArgumentError: not a string, empty, or longer than 1024 bytes in UTF-8.
+        InvalidArgumentError: not a string, empty, longer than 1024 bytes in UTF-8, not encodable as UTF-8 (a
+            lone surrogate), or holding a control character (newline, tab, NUL, ...).
     """
     if not isinstance(scope_id, str) or not scope_id:
         raise InvalidArgumentError(f"scope_id must be a non-empty string, got {scope_id!r}")
-    if len(scope_id) > MAX_SCOPE_BYTES // 4 and len(scope_id.encode()) > MAX_SCOPE_BYTES:
+    try:
+        size = len(scope_id.encode())
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(f"scope_id {scope_id[:40]!r} is not valid Unicode text (a lone surrogate)") from None
+    if size > MAX_SCOPE_BYTES:
         raise InvalidArgumentError(f"scope_id {scope_id[:40]!r}... is over {MAX_SCOPE_BYTES} bytes")
+    if _CONTROL_CHARACTER.search(scope_id):
+        raise InvalidArgumentError(f"scope_id {scope_id[:40]!r} holds a control character (newline, tab, ...)")
     return scope_id
 
 
@@ -66,50 +80,64 @@ def worker_id(node: str, pid: int, start_time: int) -> str:
     return f"{node}:{pid}:{start_time}"
 
 
-def parse_worker_id(worker: str) -> tuple[str, int, int]:
-    """Split a worker id into (node, pid, start_time).
+def parse_worker_id(worker: object) -> tuple[str, int, int]:
+    """Split a worker id into (node, pid, start_time). Digits are ASCII digits only.
 
     Raises:
         InvalidArgumentError: ``worker`` is not of the form "<node>:<pid>:<start time>".
     """
-    parts = worker.rsplit(":", 2) if isinstance(worker, str) else []
-    if (
-        len(parts) != 3
-        or not parts[1].isdigit()
-        or not parts[2].isdigit()
-        or len(parts[0]) > MAX_NODE_LENGTH
-        or not _NODE_PATTERN.match(parts[0])
-    ):
+    match = _WORKER_PATTERN.fullmatch(worker) if isinstance(worker, str) else None
+    if match is None:
         raise InvalidArgumentError(f"worker id must look like 'node:pid:start_time', got {worker!r}")
-    return parts[0], int(parts[1]), int(parts[2])
+    return match.group(1), int(match.group(2)), int(match.group(3))
+
+
+def is_worker_id(worker: object) -> bool:
+    """Whether ``worker`` is a well-formed worker id (for sorting out what Redis holds, without raising)."""
+    return isinstance(worker, str) and _WORKER_PATTERN.fullmatch(worker) is not None
+
+
+def node_of(worker: str) -> str:
+    """The node part of a worker id, without checking the rest (for filtering ids as Redis holds them)."""
+    return worker.rsplit(":", 2)[0]
 
 
 def timer_member(worker: str, scope_id: str) -> str:
-    """The member of the deadlines zset that names one timer."""
+    """The id of one timer, as timerctl shows and takes it: ``<worker>|<scope_id>``."""
     return f"{worker}{MEMBER_SEPARATOR}{scope_id}"
 
 
 def split_member(member: str) -> tuple[str, str]:
-    """Split a deadlines member into (worker, scope_id)."""
+    """Split a timer id into (worker, scope_id)."""
     worker, _, scope_id = member.partition(MEMBER_SEPARATOR)
     return worker, scope_id
 
 
 class Keys:
-    """The key names of one namespace."""
+    """The key names of one namespace.
+
+    Attributes:
+        deadlines: zset, one member per worker with live timers, scored by its earliest deadline (ms, Redis clock).
+        count: string, how many timers are live (a worker's record holds several).
+        events: stream, the capped audit trail.
+        nodes: zset, every node that has had a delivery stream or a replica, scored by when it was last active.
+        replicas: hash, watchdog heartbeats.
+        wake_channel: pub/sub channel watchdogs sleep on.
+    """
 
     def __init__(self, namespace: str) -> None:
         self.namespace = check_namespace(namespace)
         self.prefix = f"timer:{{{namespace}}}:"
         self.deadlines = self.prefix + "deadlines"
+        self.count = self.prefix + "count"
         self.events = self.prefix + "events"
         self.nodes = self.prefix + "nodes"
         self.replicas = self.prefix + "replicas"
         self.wake_channel = self.prefix + "wake"
 
     def worker(self, worker: str) -> str:
-        """Hash of one worker's timers: scope_id -> acquired-at ms, and "" -> signal."""
-        return f"{self.prefix}worker:{worker}"
+        """String: the record of one worker's timers (records.py)."""
+        return f"{self.prefix}w:{worker}"
 
     def deliver(self, node: str) -> str:
         """Stream of delivery orders for the watchdogs of one node."""

@@ -53,6 +53,12 @@ class WatchdogMetrics:
 
     - ``live_timers`` (gauge): timers in the namespace, counted in Redis at scrape time (every replica reports the
       same number; NaN while Redis is down).
+    - ``due_timers`` (gauge): timers past their deadline that no replica has claimed yet; above 0 for more than a
+      moment means no replica is claiming.
+    - ``pending_deliveries{node}`` (gauge): delivery orders of each node not finished yet, read or not.
+    - ``stuck_nodes`` (gauge): nodes with due timers or pending orders and no live replica: nothing will signal
+      their workers. The namespace gauges are all read with one ``TimerStore.stats()`` per scrape (NaN, and no
+      ``pending_deliveries`` sample, while Redis is down).
     - ``claims_total`` (counter): workers this replica reaped, one per claimed due timer's worker.
     - ``deliveries_total{outcome}`` (counter): orders this replica finished, by outcome (delivered, owner-gone,
       refused, signal-failed). An order finished by another replica first is not counted here.
@@ -78,10 +84,7 @@ class WatchdogMetrics:
         self._server: Any = None
         names: dict[str, Any] = {"registry": self.registry, "namespace": "timer_redis"}
         if store is not None:
-            live = prometheus.Gauge(
-                "live_timers", "Timers in the namespace (due or not), read at scrape time.", **names
-            )
-            live.set_function(self._count_live_timers)
+            self.registry.register(NamespaceCollector(store))
         self.claims = prometheus.Counter("claims", "Workers reaped by this replica's claims.", **names)
         self.deliveries = prometheus.Counter(
             "deliveries", "Delivery orders finished by this replica, by outcome.", ["outcome"], **names
@@ -144,9 +147,46 @@ class WatchdogMetrics:
         """The metrics in the Prometheus text format, as ``/metrics`` serves them."""
         return bytes(prometheus_client().generate_latest(self.registry))
 
-    def _count_live_timers(self) -> float:
-        assert self.store is not None
+
+class NamespaceCollector:
+    """The namespace-wide gauges (live, due, pending, stuck), read from Redis with one ``stats()`` per scrape.
+
+    Args:
+        store: the namespace to read.
+    """
+
+    def __init__(self, store: TimerStore) -> None:
+        self.store = store
+
+    def describe(self) -> list[Any]:
+        """The families without samples, so registering does not read Redis."""
+        return self._families({}, describing=True)
+
+    def collect(self) -> list[Any]:
+        """The gauges as they are now; NaN (and no per-node sample) when Redis cannot be read."""
         try:
-            return float(self.store.count())
+            stats: dict[str, Any] = self.store.stats()
         except TimerRedisError:
-            return math.nan
+            stats = {}
+        return self._families(stats, describing=False)
+
+    @staticmethod
+    def _families(stats: dict[str, Any], describing: bool) -> list[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        def gauge(name: str, documentation: str, value: float) -> Any:
+            return GaugeMetricFamily(f"timer_redis_{name}", documentation, value=None if describing else value)
+
+        live, due = stats.get("live_timers", math.nan), stats.get("due_timers", math.nan)
+        stuck = len(stats["stuck_nodes"]) if "stuck_nodes" in stats else math.nan
+        pending = GaugeMetricFamily(
+            "timer_redis_pending_deliveries", "Delivery orders not finished yet, by node.", labels=["node"]
+        )
+        for node, count in sorted(stats.get("pending_deliveries", {}).items()):
+            pending.add_metric([node], float(count))
+        return [
+            gauge("live_timers", "Timers in the namespace (due or not), read at scrape time.", float(live)),
+            gauge("due_timers", "Timers past their deadline and not yet claimed by a replica.", float(due)),
+            pending,
+            gauge("stuck_nodes", "Nodes with due timers or pending orders and no live replica.", float(stuck)),
+        ]

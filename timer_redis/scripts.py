@@ -1,5 +1,8 @@
 """Loads ``lua/*.lua``, registers them on one Redis client, and exposes one typed method per script.
 
+A line ``--- @include "<name>"`` in a script is replaced by ``lua/includes/<name>.lua`` when it loads (as BullMQ's
+includes), so helpers shared by several scripts are written once. Each script's header is its contract: the
+number of KEYS a script takes is read from its ``-- KEYS[n]`` lines, and every call is checked against it.
 Scripts report domain failures with ``error_reply("<CODE> detail")``; ``ERROR_CODES`` maps each CODE to the
 exception raised here, and the detail (which names the bad value) becomes its message.
 """
@@ -16,6 +19,8 @@ from redis.commands.core import Script
 
 from .errors import InvalidArgumentError, TimerRedisError, WrongTypeError
 from .keys import Keys
+from .records import WorkerOptions
+from .redis_compat import as_text
 
 SCRIPT_NAMES = (
     "acquire",
@@ -25,18 +30,15 @@ SCRIPT_NAMES = (
     "claim_expired",
     "finish_delivery",
     "forget_idle_consumers",
+    "forget_node",
 )
 
-# How many KEYS each script takes; test_lua_headers.py checks this against the headers.
-KEY_COUNTS = {
-    "acquire": 2,
-    "extend": 1,
-    "release": 2,
-    "release_worker": 3,
-    "claim_expired": 3,
-    "finish_delivery": 2,
-    "forget_idle_consumers": 1,
-}
+# Most timers one worker may hold: its record is rewritten on every acquire and release, so a runaway program
+# that never releases is stopped here, with a clear error, instead of making each call slower.
+MAX_TIMERS_PER_WORKER = 1024
+
+_INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.M)
+_HEADER_KEY = re.compile(r"^-- KEYS\[(\d+)\]", re.M)
 
 ERROR_CODES: dict[str, type[TimerRedisError]] = {
     "BAD_ARG": InvalidArgumentError,
@@ -45,9 +47,24 @@ ERROR_CODES: dict[str, type[TimerRedisError]] = {
 _CODE_PATTERN = re.compile(r"\b(" + "|".join(ERROR_CODES) + r") (.*)", re.DOTALL)
 
 
+def _lua_file(*parts: str) -> str:
+    return resources.files(__package__).joinpath("lua", *parts).read_text(encoding="utf-8")
+
+
 def script_source(name: str) -> str:
-    """The text of ``lua/<name>.lua``."""
-    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    """The text of ``lua/<name>.lua`` as Redis runs it: its includes pasted in."""
+    return _INCLUDE.sub(
+        lambda match: _lua_file("includes", f"{match.group(1)}.lua").rstrip("\n"), _lua_file(f"{name}.lua")
+    )
+
+
+def header_key_count(source: str) -> int:
+    """How many KEYS a script declares in its header (``-- KEYS[1]`` ... ``-- KEYS[n]``)."""
+    return len(_HEADER_KEY.findall(source))
+
+
+# How many KEYS each script takes, as its header says.
+KEY_COUNTS = {name: header_key_count(_lua_file(f"{name}.lua")) for name in SCRIPT_NAMES}
 
 
 def domain_error(error: redis.ResponseError) -> TimerRedisError | None:
@@ -68,64 +85,139 @@ class Scripts:
     def __init__(self, client: redis.Redis) -> None:
         self.by_name: dict[str, Script] = {name: client.register_script(script_source(name)) for name in SCRIPT_NAMES}
 
-    def acquire_args(
-        self, keys: Keys, worker: str, scope_id: str, ttl_ms: int, signal: int
-    ) -> tuple[Script, list[str], list[Any]]:
-        """KEYS and ARGV of acquire.lua, for callers that send the command themselves (the fast path)."""
-        return (
-            self.by_name["acquire"],
-            [keys.deadlines, keys.worker(worker)],
-            [worker, scope_id, ttl_ms, signal, keys.wake_channel],
-        )
+    def source(self, name: str) -> str:
+        """The Lua text of script ``name`` as loaded into Redis."""
+        return as_text(self.by_name[name].script)
 
-    def release_args(self, keys: Keys, worker: str, scope_id: str) -> tuple[Script, list[str], list[Any]]:
-        """KEYS and ARGV of release.lua."""
-        return self.by_name["release"], [keys.deadlines, keys.worker(worker)], [worker, scope_id]
+    def run(self, name: str, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run script ``name`` on ``client`` (EVALSHA, loaded again on NOSCRIPT).
+
+        Raises:
+            ValueError: ``keys`` is not as many keys as the script's header declares (a bug in this module); the
+                claim script declares a variable number (``KEYS[5..]``), checked by the script itself.
+        """
+        expected = KEY_COUNTS[name]
+        if len(keys) != expected and not (name == "claim_expired" and len(keys) >= expected):
+            raise ValueError(f"{name}.lua takes {expected} KEYS, got {len(keys)}")
+        return self.by_name[name](keys, args, client=client)
+
+    @staticmethod
+    def acquire_keys(keys: Keys, worker: str) -> list[str]:
+        """KEYS of acquire.lua (and release.lua)."""
+        return [keys.deadlines, keys.worker(worker), keys.count]
+
+    @staticmethod
+    def acquire_worker_args(keys: Keys, worker: str, options: WorkerOptions) -> list[Any]:
+        """ARGV 1-6 of acquire.lua: the same for every acquire of one worker (the fast path packs them once)."""
+        return [
+            worker,
+            options.signal,
+            options.dump_signal or "",
+            options.group or "",
+            keys.wake_channel,
+            MAX_TIMERS_PER_WORKER,
+        ]
 
     def acquire(
-        self, client: Any, keys: Keys, worker: str, scope_id: str, ttl_ms: int, signal: int
+        self,
+        client: Any,
+        keys: Keys,
+        worker: str,
+        options: WorkerOptions,
+        scope_id: str,
+        ttl_ms: int,
+        *,
+        deadline_ms: int = 0,
+        kill_after_ms: int | None = None,
+        mac: str = "",
     ) -> tuple[int, bool]:
         """Run acquire.lua; returns (deadline_ms, is_earliest)."""
-        script, script_keys, args = self.acquire_args(keys, worker, scope_id, ttl_ms, signal)
-        deadline_ms, is_earliest = script(script_keys, args, client=client)
-        return int(deadline_ms), bool(is_earliest)
-
-    def extend(self, client: Any, keys: Keys, worker: str, scope_id: str, ttl_ms: int) -> int | None:
-        """Run extend.lua; returns the new deadline_ms, or None when the timer does not exist."""
-        script = self.by_name["extend"]
-        deadline_ms = script([keys.deadlines], [worker, scope_id, ttl_ms, keys.wake_channel], client=client)
-        return None if deadline_ms is None else int(deadline_ms)
+        args = [
+            *self.acquire_worker_args(keys, worker, options),
+            scope_id,
+            ttl_ms,
+            deadline_ms,
+            kill_after_ms or "",
+            mac,
+        ]
+        deadline, is_earliest = self.run("acquire", client, self.acquire_keys(keys, worker), args)
+        return int(deadline), bool(is_earliest)
 
     def release(self, client: Any, keys: Keys, worker: str, scope_id: str) -> bool:
         """Run release.lua; True when a timer was removed."""
-        script, script_keys, args = self.release_args(keys, worker, scope_id)
-        return bool(script(script_keys, args, client=client))
+        return bool(self.run("release", client, self.acquire_keys(keys, worker), [worker, scope_id]))
+
+    def extend(
+        self,
+        client: Any,
+        keys: Keys,
+        worker: str,
+        scope_id: str,
+        ttl_ms: int,
+        *,
+        deadline_ms: int = 0,
+        mac: str = "",
+        expected_mac: str = "",
+    ) -> int | None:
+        """Run extend.lua; returns the new deadline_ms, None when the timer does not exist, -1 when its MAC is no
+        longer ``expected_mac``."""
+        args = [worker, scope_id, ttl_ms, deadline_ms, mac, expected_mac, keys.wake_channel]
+        deadline = self.run("extend", client, [keys.deadlines, keys.worker(worker)], args)
+        return None if deadline is None else int(deadline)
 
     def release_worker(self, client: Any, keys: Keys, worker: str, reason: str, maxlen: int) -> int:
         """Run release_worker.lua; returns how many timers were removed."""
-        script = self.by_name["release_worker"]
-        return int(script([keys.deadlines, keys.worker(worker), keys.events], [worker, reason, maxlen], client=client))
+        script_keys = [keys.deadlines, keys.worker(worker), keys.count, keys.events]
+        return int(self.run("release_worker", client, script_keys, [worker, reason, maxlen]))
 
-    def claim_expired(self, client: Any, keys: Keys, limit: int, claimer: str, maxlen: int) -> Sequence[Any]:
-        """Run claim_expired.lua; returns its flat reply (see the script's header)."""
-        script = self.by_name["claim_expired"]
-        reply: Sequence[Any] = script(
-            [keys.deadlines, keys.events, keys.nodes],
-            [keys.prefix, limit, claimer, maxlen, keys.wake_channel],
-            client=client,
-        )
+    def claim_expired(
+        self,
+        client: Any,
+        keys: Keys,
+        claimer: str,
+        maxlen: int,
+        workers: Sequence[tuple[str, str]],
+        strays: Sequence[Any] = (),
+    ) -> Sequence[Any]:
+        """Run claim_expired.lua on candidate ``workers`` ((worker id, node) pairs, ids well-formed) and remove
+        ``strays`` (members that are not worker ids); returns its flat reply (see the script's header)."""
+        nodes = list(dict.fromkeys(node for _, node in workers))
+        index = {node: position for position, node in enumerate(nodes, start=1)}
+        script_keys = [keys.deadlines, keys.events, keys.nodes, keys.count]
+        script_keys += [keys.worker(worker) for worker, _ in workers]
+        script_keys += [keys.deliver(node) for node in nodes]
+        args: list[Any] = [claimer, maxlen, keys.wake_channel, len(workers), len(nodes)]
+        args += [worker for worker, _ in workers]
+        args += [index[node] for _, node in workers]
+        args += [*nodes, *strays]
+        reply: Sequence[Any] = self.run("claim_expired", client, script_keys, args)
         return reply
 
     def finish_delivery(
-        self, client: Any, keys: Keys, node: str, group: str, maxlen: int, replica: str, orders: Sequence[Any]
+        self,
+        client: Any,
+        keys: Keys,
+        node: str,
+        group: str,
+        maxlen: int,
+        entries: Sequence[tuple[str, Sequence[Sequence[Any]], str]],
     ) -> list[bool]:
-        """Run finish_delivery.lua on a batch of orders of one node (4 values each, see the script's header);
-        returns per order whether this call acknowledged it."""
-        script = self.by_name["finish_delivery"]
-        reply = script([keys.deliver(node), keys.events], [group, maxlen, replica, *orders], client=client)
+        """Run finish_delivery.lua on stream entries of one node, each with the events to write and the order lines
+        to put back if this call acknowledges it (each event a flat field, value, ... sequence); returns per entry
+        whether it did."""
+        args: list[Any] = [group, maxlen]
+        for entry_id, events, again in entries:
+            args += [entry_id, len(events)]
+            for event in events:
+                args += [len(event), *event]
+            args.append(again)
+        reply = self.run("finish_delivery", client, [keys.deliver(node), keys.events], args)
         return [flag == ord("1") for flag in (reply.encode() if isinstance(reply, str) else reply)]
 
     def forget_idle_consumers(self, client: Any, keys: Keys, node: str, group: str, min_idle_ms: int, keep: str) -> int:
         """Run forget_idle_consumers.lua; returns how many consumers were deleted."""
-        script = self.by_name["forget_idle_consumers"]
-        return int(script([keys.deliver(node)], [group, min_idle_ms, keep], client=client))
+        return int(self.run("forget_idle_consumers", client, [keys.deliver(node)], [group, min_idle_ms, keep]))
+
+    def forget_node(self, client: Any, keys: Keys, node: str, group: str, before_ms: int) -> bool:
+        """Run forget_node.lua; True when the node's stream and entry were removed."""
+        return bool(self.run("forget_node", client, [keys.nodes, keys.deliver(node)], [node, group, before_ms]))

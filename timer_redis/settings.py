@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import math
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
+from .durations import parse_duration
 from .errors import InvalidArgumentError
-from .keys import check_namespace
+from .keys import check_namespace, check_node
+from .validation import seconds, whole_number
 
 DEFAULT_URL = "redis://localhost:6379/0"
-
-
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise InvalidArgumentError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def parse_signal(value: object) -> int:
@@ -60,6 +55,8 @@ class TimerSettings:
         socket_timeout: seconds a Redis call may take before the client raises StoreUnavailableError.
         strict: wait for every reply of acquire/release instead of reading it on the next call.
         node: signalling domain of this process; None = hostname + pid namespace (process.py).
+        node_retention: seconds a node may stay silent (no order queued for it, no replica of it heard) before its
+            delivery stream and its entry in ``nodes`` are removed, once nothing of it waits.
     """
 
     namespace: str = "default"
@@ -71,16 +68,15 @@ class TimerSettings:
     socket_timeout: float = 5.0
     strict: bool = False
     node: str | None = field(default=None)
+    node_retention: float = 3600.0
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
         object.__setattr__(self, "signal", parse_signal(self.signal))
-        for name in ("max_interval", "lease", "socket_timeout"):
-            _positive(name, getattr(self, name))
+        for name in ("max_interval", "lease", "socket_timeout", "node_retention"):
+            seconds(name, getattr(self, name))
         for name in ("claim_batch", "events_maxlen"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidArgumentError(f"{name} must be an int >= 1, got {value!r}")
+            whole_number(name, getattr(self, name))
 
     def with_changes(self, **changes: object) -> TimerSettings:
         """A copy with the given fields replaced (and checked again)."""
@@ -89,24 +85,48 @@ class TimerSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> TimerSettings:
         """Read ``TIMER_REDIS_NAMESPACE``, ``TIMER_REDIS_SIGNAL``, ``TIMER_REDIS_NODE`` and
-        ``TIMER_REDIS_MAX_INTERVAL``; keyword arguments that are not None win over the environment."""
+        ``TIMER_REDIS_MAX_INTERVAL`` (a duration: ``1.5``, ``500ms``, ``2m``); keyword arguments that are not None
+        win over the environment.
+
+        Raises:
+            InvalidArgumentError: a variable (that no keyword argument overrides) holds a bad value; the message
+                starts with the variable's name.
+        """
         env = os.environ if environ is None else environ
+        given = {k: v for k, v in overrides.items() if v is not None}
         values: dict[str, object] = {}
-        if env.get("TIMER_REDIS_NAMESPACE"):
-            values["namespace"] = env["TIMER_REDIS_NAMESPACE"]
-        if env.get("TIMER_REDIS_SIGNAL"):
-            values["signal"] = env["TIMER_REDIS_SIGNAL"]
-        if env.get("TIMER_REDIS_NODE"):
-            values["node"] = env["TIMER_REDIS_NODE"]
-        if env.get("TIMER_REDIS_MAX_INTERVAL"):
-            try:
-                values["max_interval"] = float(env["TIMER_REDIS_MAX_INTERVAL"])
-            except ValueError:
-                raise InvalidArgumentError(
-                    f"TIMER_REDIS_MAX_INTERVAL must be a number, got {env['TIMER_REDIS_MAX_INTERVAL']!r}"
-                ) from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        for variable, (name, check) in ENV_FIELDS.items():
+            raw = env.get(variable)
+            if raw and name not in given:
+                values[name] = env_value(variable, raw, check)
+        values.update(given)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def env_value(variable: str, raw: str, check: Callable[[str], object]) -> object:
+    """``check(raw)``, with an error that names the variable it came from.
+
+    Raises:
+        InvalidArgumentError: "<VARIABLE>: <what is wrong>".
+    """
+    try:
+        return check(raw)
+    except InvalidArgumentError as error:
+        message = str(error)
+        raise InvalidArgumentError(message if message.startswith(variable) else f"{variable}: {message}") from None
+
+
+def _max_interval(raw: str) -> float:
+    return parse_duration(raw, "TIMER_REDIS_MAX_INTERVAL")
+
+
+# Variable -> (TimerSettings field, check that turns its text into the field's value).
+ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "TIMER_REDIS_NAMESPACE": ("namespace", check_namespace),
+    "TIMER_REDIS_SIGNAL": ("signal", parse_signal),
+    "TIMER_REDIS_NODE": ("node", check_node),
+    "TIMER_REDIS_MAX_INTERVAL": ("max_interval", _max_interval),
+}
 
 
 def url_from_env(url: str | None = None, environ: Mapping[str, str] | None = None) -> str:

@@ -18,11 +18,13 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .delivery import DeliveryOrder, DeliveryResult, Outcome, SignalPolicy, deliver
-from .errors import StoreUnavailableError, TimerRedisError
+from .delivery import DeliveryOrder, DeliveryResult, Outcome, Refusal, SignalPolicy, deliver, screen
+from .errors import AuthenticationError, StoreUnavailableError, TimerRedisError
 from .process import default_node
-from .settings import TimerSettings, url_from_env
+from .settings import TimerSettings, parse_signal, url_from_env
+from .signing import SignedTimer
 from .store import Claim, TimerStore
+from .store.protocol import DeliveryEntry, MalformedOrder
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ HEARTBEAT_SECONDS = 2.0
 # Orders a dead replica left are looked for this often per lease, so one is taken over 1 to 1.25 leases after it was
 # read. It is one XAUTOCLAIM over the (usually empty) pending list.
 TAKEOVER_CHECKS_PER_LEASE = 4
+# Stream entries read per pass; an entry is one claim's orders for this node (up to the claim batch).
+ENTRIES_PER_READ = 16
 
 
 @dataclass
@@ -49,6 +53,8 @@ class PassResult:
     taken_over: int = 0
     finished: list[bool] = field(default_factory=list)
     """Per delivered order: whether this replica finished it and wrote its event (False: another one had)."""
+    malformed: list[MalformedOrder] = field(default_factory=list)
+    """What this pass found in its node's stream that is not an order (reported, then acknowledged)."""
 
 
 class WatchdogObserver(Protocol):
@@ -65,7 +71,9 @@ class Watchdog:
     """One watchdog replica: claims due timers of the namespace and signals the owners on its node.
 
     Run it in a thread (``start()`` / ``stop()``) or as the main loop of a process (``run_forever()``); tests
-    drive ``run_once()``.
+    drive ``run_once()``. What it reads from Redis is untrusted (``delivery.py`` says what it checks before a
+    signal): with a namespace secret it signals only signed timers; without one, any Redis writer can make it
+    signal processes of its node, and it says so once at start.
 
     Args:
         url: Redis URL (default ``TIMER_REDIS_URL``). Ignored with ``store``.
@@ -74,9 +82,13 @@ class Watchdog:
         max_interval: longest sleep between passes when no deadline is nearer, seconds.
         batch_size: most timers claimed, and orders delivered, per round trip.
         node: the node whose delivery orders this replica carries out (default: this process' node).
-        allowed_uids: signal only processes of these uids (default: any).
+        allowed_uids: signal only processes of these uids (default: this process' own uid).
+        allow_any_uid: signal processes of any uid this process may signal.
+        allowed_signals: send only these signals (numbers or names; default ``delivery.DEFAULT_ALLOWED_SIGNALS``).
+        secret: the namespace secret (default ``TIMER_REDIS_SECRET_FILE`` / ``TIMER_REDIS_SECRET``). Ignored with
+            ``store``, which has its own.
         deliverer: turns an order into a result; default sends the signal (``delivery.deliver``). Benchmarks
-            pass a recorder.
+            pass a recorder; signature and allow-list checks still come first.
         lease: seconds before another replica takes over an order this one left unacknowledged.
         rng: source of jitter (seed it in tests).
         settings: timer knobs; the arguments above override them.
@@ -93,6 +105,9 @@ class Watchdog:
         batch_size: int | None = None,
         node: str | None = None,
         allowed_uids: list[int] | frozenset[int] | None = None,
+        allow_any_uid: bool = False,
+        allowed_signals: list[int | str] | frozenset[int] | None = None,
+        secret: bytes | str | None = None,
         deliverer: Deliverer | None = None,
         lease: float | None = None,
         rng: random.Random | None = None,
@@ -108,12 +123,13 @@ class Watchdog:
             }
         )
         if store is None:
-            store = TimerStore.from_url(url_from_env(url), settings=self.settings)
+            store = TimerStore.from_url(url_from_env(url), settings=self.settings, secret=secret)
         self.store = store
         self.node = node or self.settings.node or default_node()
         self.replica_id = f"{self.node}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.policy = SignalPolicy.limited_to(allowed_uids)
-        self._deliverer: Deliverer = deliverer or (lambda order: deliver(order, self.policy))
+        signals = None if allowed_signals is None else [parse_signal(s) for s in allowed_signals]
+        self.policy = SignalPolicy.limited_to(allowed_uids, allow_any_uid=allow_any_uid, signals=signals)
+        self._custom_deliverer = deliverer
         self._rng = rng or random.Random()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -122,6 +138,9 @@ class Watchdog:
         self._next_takeover = 0.0  # monotonic times; 0 = on the first pass
         self._next_heartbeat = 0.0
         self._started_ms: int | None = None
+        self._live_replicas = 1  # of the namespace, as the last heartbeat saw them: claims spread over them
+        self._server_clock = (0, 0.0)  # (server ms, monotonic s) of the last claim: now on the Redis clock
+        self._warned = False
 
     # -- one pass ------------------------------------------------------------------------------------------------
 
@@ -131,47 +150,160 @@ class Watchdog:
         Raises:
             StoreUnavailableError: Redis could not be reached (``run_forever`` logs it and backs off).
         """
+        result, entries = self.take_orders()
+        self.finish_entries(result, entries, self.carry_out)
+        if self.metrics is not None:
+            self.metrics.observe_pass(result)
+        return result
+
+    def take_orders(self) -> tuple[PassResult, list[DeliveryEntry]]:
+        """The first half of ``run_once()``: claim one batch of due timers, then take this node's delivery entries
+        (new ones, and now and then those a dead replica left). Whoever takes entries must finish them
+        (``finish_entries``); an entry left unfinished is taken over again after the lease.
+
+        Raises:
+            StoreUnavailableError: Redis could not be reached.
+        """
         if not self._group_ready:
             self.store.ensure_delivery_group(self.node)
             self._group_ready = True
         batch = self.settings.claim_batch
         started = time.monotonic()
-        claim = self.store.claim_expired(batch, self.replica_id)
+        claim = self.store.claim_expired(batch, self.replica_id, spread=self._live_replicas)
+        self._server_clock = (claim.now_ms, time.monotonic())
         result = PassResult(claimed=claim.claimed, now_ms=claim.now_ms, next_deadline_ms=claim.next_deadline_ms)
         result.claim_seconds = time.monotonic() - started
-        orders: list[DeliveryOrder] = self.store.read_deliveries(self.node, self.replica_id, batch)
+        entries = self.store.read_deliveries(self.node, self.replica_id, ENTRIES_PER_READ)
         if time.monotonic() >= self._next_takeover:
             self._next_takeover = time.monotonic() + self.settings.lease / TAKEOVER_CHECKS_PER_LEASE
             lease_ms = int(self.settings.lease * 1000)
-            taken = self.store.take_over_deliveries(self.node, self.replica_id, lease_ms, batch)
-            result.taken_over = len(taken)
-            orders += taken
-        result.delivered = [(order, self._deliver_one(order)) for order in orders]
-        result.finished = self.store.finish_deliveries(result.delivered, self.replica_id)
+            taken = self.store.take_over_deliveries(self.node, self.replica_id, lease_ms, ENTRIES_PER_READ)
+            result.taken_over = sum(len(entry.orders) for entry in taken)
+            entries += taken
         # A full batch means more may be waiting: the next pass should not sleep.
-        result.backlog = len(claim.claimed) >= batch or len(orders) >= batch
-        if self.metrics is not None:
-            self.metrics.observe_pass(result)
-        return result
+        result.backlog = len(claim.claimed) >= batch or len(entries) >= ENTRIES_PER_READ
+        return result, entries
 
-    def _deliver_one(self, order: DeliveryOrder) -> DeliveryResult:
+    def finish_entries(
+        self,
+        result: PassResult,
+        entries: list[DeliveryEntry],
+        carry_out: Callable[[DeliveryOrder], DeliveryResult | None],
+    ) -> None:
+        """The second half of ``run_once()``: carry out every order of ``entries`` with ``carry_out`` (which returns
+        its outcome, or None to put the order back on the stream for a later pass), report what did not parse, and
+        acknowledge every entry with its outcome events, in one round trip. Fills ``result.delivered``,
+        ``result.finished`` and ``result.malformed``."""
+        finished: list[tuple[str, list[list[Any]], str]] = []
+        owners: list[int] = []  # per delivered order, the index of its entry in `finished`
+        for entry in entries:
+            events: list[list[Any]] = []
+            again: list[str] = []
+            for order in entry.orders:
+                outcome = carry_out(order)
+                if outcome is None:
+                    again.append(order.line)
+                    continue
+                result.delivered.append((order, outcome))
+                owners.append(len(finished))
+                events.append(self._outcome_event(order, outcome))
+            for bad in entry.malformed:
+                log.warning("malformed delivery order in %s entry %s: %s", self.node, bad.entry_id, bad.detail)
+                events.append(self._malformed_event(bad))
+                result.malformed.append(bad)
+            finished.append((entry.entry_id, events, "\n".join(again)))
+        flags = self.store.finish_deliveries(self.node, finished)
+        result.finished = [flags[index] for index in owners]
+
+    def server_now_ms(self) -> int:
+        """Now on the Redis clock, from the last claim's TIME and this process' monotonic clock since."""
+        server_ms, at = self._server_clock
+        return server_ms + int((time.monotonic() - at) * 1000)
+
+    def _verify(self, order: DeliveryOrder) -> bool:
+        """Whether ``order`` carries the MAC of this namespace's secret over everything that decides its kill."""
+        assert self.store.signer is not None
+        timer = SignedTimer(
+            self.store.keys.namespace,
+            order.worker,
+            order.scope_id,
+            order.signal,
+            order.deadline_ms,
+            order.kill_after_ms,
+            order.dump_signal,
+            order.group,
+        )
+        return self.store.signer.verify(timer, order.mac)
+
+    def verifier(self) -> Callable[[DeliveryOrder], bool] | None:
+        """What checks an order's signature: None without a namespace secret (every order is taken as signed)."""
+        return self._verify if self.store.signer is not None else None
+
+    def carry_out(self, order: DeliveryOrder) -> DeliveryResult:
+        """Screen ``order`` (its node, its signal, with a secret its signature and deadline) and carry it out with
+        the deliverer; never raises. The result's ``sent_ms`` is when, on the Redis clock."""
+        verify = self.verifier()
+        now_ms = self.server_now_ms()
         try:
-            outcome = self._deliverer(order)
+            if order.node != self.node:
+                detail = f"an order for node {order.node} in the stream of node {self.node}"
+                outcome = DeliveryResult(Outcome.REFUSED, detail, reason=Refusal.OTHER_NODE.value)
+            elif self._custom_deliverer is None:
+                outcome = deliver(order, self.policy, verify=verify, server_now_ms=now_ms)
+            else:
+                outcome = screen(order, self.policy, verify=verify, server_now_ms=now_ms) or self._custom_deliverer(
+                    order
+                )
         except Exception as error:  # a broken deliverer must not stop the replica
             log.exception("delivering %s failed", order.worker)
             outcome = DeliveryResult(Outcome.FAILED, f"{type(error).__name__}: {error}")
-        sent_ms = int(time.time() * 1000)
         log.info("%s %s scope=%s: %s", outcome.outcome.value, order.worker, order.scope_id, outcome.detail)
-        return DeliveryResult(outcome.outcome, outcome.detail, sent_ms=sent_ms)
+        return DeliveryResult(outcome.outcome, outcome.detail, sent_ms=self.server_now_ms(), reason=outcome.reason)
+
+    def _outcome_event(self, order: DeliveryOrder, outcome: DeliveryResult) -> list[Any]:
+        """The event of ``order``'s outcome (written if this replica acknowledges its entry)."""
+        event: list[Any] = [
+            "type", outcome.outcome.value, "worker", order.worker, "scope_id", order.scope_id, "pid", order.pid,
+            "signal", order.signal, "deadline_ms", order.deadline_ms, "claimed_ms", order.claimed_ms,
+            "claimer", order.claimer, "replica", self.replica_id, "detail", outcome.detail,
+        ]  # fmt: skip
+        if outcome.reason:
+            event += ["reason", outcome.reason]
+        if outcome.sent_ms is not None:  # when it was carried out, on the Redis clock; the lag only for a signal
+            event += ["sent_ms", outcome.sent_ms]
+            if outcome.outcome is Outcome.DELIVERED:
+                event += ["lag_ms", outcome.sent_ms - order.deadline_ms]
+        return event
+
+    def _malformed_event(self, bad: MalformedOrder) -> list[Any]:
+        key = self.store.keys.deliver(self.node)
+        return [
+            "type",
+            "malformed",
+            "key",
+            key,
+            "entry",
+            bad.entry_id,
+            "detail",
+            bad.detail,
+            "replica",
+            self.replica_id,
+        ]
 
     # -- the loop ------------------------------------------------------------------------------------------------
 
     def run_forever(self) -> None:
         """Loop over ``run_once()`` until ``stop()``: sleep until the earliest deadline or ``max_interval``,
-        wake early on a new earliest deadline or a delivery for this node, and ride out Redis outages."""
+        wake early on a new earliest deadline or a delivery for this node, and ride out Redis outages.
+
+        Raises:
+            AuthenticationError: Redis refused the credentials before any pass succeeded (a wrong password does
+                not fix itself; later, a refusal is logged as an error on every retry).
+        """
         backoff = 0.1
         failing_since: float | None = None
         pubsub: Any = None
+        succeeded = False
         # Replicas restarted together would otherwise all claim at the same instant; a short random first sleep
         # spreads them. It is kept well under a second, because due timers wait for it.
         self._stop.wait(self._rng.uniform(0, min(self.settings.max_interval, 0.2)))
@@ -184,20 +316,25 @@ class Watchdog:
                     result = self.run_once()
                     if failing_since is not None:
                         log.warning("watchdog resumed after %.1f s of failed passes", time.monotonic() - failing_since)
-                    backoff, failing_since = 0.1, None
+                    backoff, failing_since, succeeded = 0.1, None, True
                     if result.backlog:
                         continue
                     self._sleep(pubsub, min(self._sleep_seconds(result), self._until_housekeeping()))
                 except Exception as error:  # one failed pass must never end the replica: log, back off, go on
+                    if isinstance(error, AuthenticationError) and not succeeded:
+                        raise
                     if self.metrics is not None:
                         self.metrics.observe_error(error)
-                    if isinstance(error, StoreUnavailableError):
+                    if isinstance(error, AuthenticationError):
+                        log.error("%s; retrying in %.1f s", error, backoff)
+                    elif isinstance(error, StoreUnavailableError):
                         log.warning("Redis unavailable (%s); retrying in %.1f s", error, backoff)
-                        # A new subscription after the outage: the old one may be dead without knowing it.
-                        _close_quietly(pubsub)
-                        pubsub = None
                     else:
                         log.exception("watchdog pass failed; retrying in %.1f s", backoff)
+                    if isinstance(error, TimerRedisError):
+                        # A new subscription after a failure: the old one may be dead without knowing it.
+                        _close_quietly(pubsub)
+                        pubsub = None
                     failing_since = failing_since or time.monotonic()
                     self._stop.wait(backoff * self._rng.uniform(0.5, 1.5))
                     backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
@@ -229,7 +366,7 @@ class Watchdog:
             if message is None:
                 continue
             data = message.get("data", b"")
-            if data.startswith(b"deadline") or data in wanted:
+            if isinstance(data, bytes) and (data.startswith(b"deadline") or data in wanted):
                 return
 
     def _until_housekeeping(self) -> float:
@@ -237,13 +374,40 @@ class Watchdog:
         return max(0.0, min(self._next_heartbeat, self._next_takeover) - time.monotonic())
 
     def _heartbeat(self) -> None:
-        """Every HEARTBEAT_SECONDS: show this replica as live, and forget the consumers of replicas that are gone
-        (each replica that ever ran is a consumer of its node's group; killed ones would pile up)."""
+        """Every HEARTBEAT_SECONDS: show this replica as live, forget the consumers of replicas that are gone (each
+        replica that ever ran is a consumer of its node's group; killed ones would pile up) and the nodes that are
+        gone, and count the live replicas (claims spread over them). The first one also warns about what makes
+        this replica unsafe or lossy: no secret, and a Redis that may evict keys."""
         if time.monotonic() < self._next_heartbeat:
             return
         self._next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
         self._started_ms = self.store.heartbeat(self.replica_id, self.node, started_ms=self._started_ms)
+        if not self._warned:
+            self._warned = True
+            self.warn_at_start()
         self.store.forget_idle_consumers(self.node, int(self.settings.lease * 1000), keep=self.replica_id)
+        self.store.forget_gone_nodes(self.settings.node_retention)
+        now_ms = self._started_ms and self.server_now_ms()
+        live = [r for r in self.store.replicas().values() if now_ms - r["last_seen_ms"] <= 10_000]
+        self._live_replicas = max(1, len(live))
+
+    def warn_at_start(self) -> list[str]:
+        """Log (once per replica) and return the warnings about this replica's setup."""
+        warnings = []
+        if self.store.signer is None:
+            warnings.append(
+                "no namespace secret: anyone who can write to this Redis can make this watchdog signal processes "
+                "of its node (set TIMER_REDIS_SECRET_FILE, or secret=)"
+            )
+        policy = self.store.eviction_policy()
+        if policy is not None and policy != "noeviction" and policy.split("-")[0] in ("allkeys", "volatile"):
+            warnings.append(
+                f"Redis' maxmemory-policy is {policy}: when Redis is full it may delete timers, silently; use "
+                "noeviction"
+            )
+        for warning in warnings:
+            log.warning(warning)
+        return warnings
 
     # -- thread control ------------------------------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
-"""RESP on the wire: the client's fast path and the watchdog's raw commands, below TimerStore.
+"""RESP on the wire: the client's fast path and the watchdog's raw commands, below the store.
 
-TimerStore (store.py) decides what to run; this module only moves bytes. It packs acquire/release by hand and
-writes them without waiting for the reply (``WorkerCommands`` + ``UnreadReplies``), and runs the watchdog's batch
-commands without redis-py's reply callbacks (``RawCommands``), because at a thousand delivery orders a batch those
-callbacks cost more than the work. bench/ shows what each of these buys.
+The store decides what to run; this module only moves bytes, and is handed what it needs (a connection pool, the
+scripts to load, a timeout, an error translator) rather than the store itself. ``WorkerCommands`` packs
+acquire/release by hand and ``UnreadReplies`` writes them without waiting for the reply; ``RawCommands`` runs the
+watchdog's batch commands without redis-py's reply callbacks, which cost more than the work for a thousand
+delivery orders. bench/ shows what each of these buys.
 """
 
 from __future__ import annotations
@@ -11,33 +12,32 @@ from __future__ import annotations
 import atexit
 import os
 import select
-import socket
 import sys
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
-from contextlib import suppress
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, suppress
+from typing import Any
 
 import redis
-from redis._parsers.base import BaseParser
 
 from .errors import TimerRedisError
 from .keys import check_scope_id
+from .redis_compat import as_text, new_connection, plain_socket, pooled_connection
 
-if TYPE_CHECKING:
-    from .store import TimerStore
-
+# What poll() reports when the server closed the connection: POLLRDHUP (Linux) is the peer's close even while
+# replies are waiting to be read; POLLHUP and POLLERR are reported whatever is asked.
+_POLL_HANGUP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 # The fast path reads replies lazily; past this many unread replies it waits for them, so memory stays bounded.
 MAX_UNREAD_REPLIES = 256
 
 
-def _recv(sock: socket.socket, size: int) -> bytes:
+def _recv(sock: Any, size: int) -> bytes:
     """Up to ``size`` bytes; a timeout, a socket error or a closed connection as redis-py's exceptions."""
     try:
-        data = sock.recv(size)
+        data: bytes = sock.recv(size)
     except TimeoutError as error:
         raise redis.TimeoutError("Timeout reading from socket") from error
     except OSError as error:
@@ -45,10 +45,6 @@ def _recv(sock: socket.socket, size: int) -> bytes:
     if not data:
         raise redis.ConnectionError("Connection closed by server.")
     return data
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _bulk(value: Any) -> bytes:
@@ -133,10 +129,28 @@ class UnreadReplies:
       connection silently) makes the next call that reads raise StoreUnavailableError, and the connection is
       dropped. Those commands are not sent again: a hung Redis may still run them when it resumes, and sending them
       again on another connection could run an acquire after its own release.
+
+    Args:
+        pool: the store's connection pool; this writer opens its own connection with the pool's settings.
+        scripts: the Lua source of every script the fast path runs, loaded on each new connection.
+        socket_timeout: seconds a reply may be missing before the next call raises StoreUnavailableError.
+        translated_errors: turns redis-py's exceptions into ours (``connection.translated_errors``).
+        on_connect: called after each new connection (the server behind it may have changed).
     """
 
-    def __init__(self, store: TimerStore) -> None:
-        self._store = store
+    def __init__(
+        self,
+        pool: Any,
+        scripts: Sequence[str],
+        socket_timeout: float,
+        translated_errors: Callable[[], AbstractContextManager[None]],
+        on_connect: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._on_connect = on_connect
+        self._pool = pool
+        self._scripts = tuple(scripts)
+        self._socket_timeout = socket_timeout
+        self._translated_errors = translated_errors
         self._lock = threading.Lock()
         self._unread: deque[_Sent] = deque()
         self._forget_connection()
@@ -147,6 +161,7 @@ class UnreadReplies:
         self._socket: Any = None
         self._fd = -1  # >= 0: the raw path is in use on this file descriptor
         self._poll: Any = None
+        self._hangup: Any = None
         self._received = b""
         self._last_read = 0.0
         self._unchecked = 0  # sends since the last read
@@ -176,8 +191,11 @@ class UnreadReplies:
                 self._fd >= 0
                 and not wait
                 and (not unread or (self._unchecked < READ_EVERY and now - self._last_read < READ_AFTER))
+                and not self._hangup.poll(0)
             ):
-                # The hot path: nothing to read yet, one write().
+                # The hot path: nothing to read yet and the server has not closed the connection: one write().
+                # A write() on a connection the server closed still succeeds once (the kernel takes it, the peer
+                # answers with a reset), so it would be lost without an error; poll() sees the close first.
                 sent = _Sent(lines, packed, now)
                 unread.append(sent)
                 try:
@@ -198,7 +216,7 @@ class UnreadReplies:
             try:
                 self._send(sent, max(written, 0), wait, now)
             except Exception:
-                with self._store.translated_errors():
+                with self._translated_errors():
                     raise
 
     def flush(self) -> None:
@@ -209,7 +227,7 @@ class UnreadReplies:
             try:
                 self._flush()
             except Exception:
-                with self._store.translated_errors():
+                with self._translated_errors():
                     raise
 
     # -- the careful path ----------------------------------------------------------------------------------------
@@ -227,6 +245,8 @@ class UnreadReplies:
                     self._write(sent.packed[written:])
                 else:
                     earlier_failure = None
+                    if self._fd >= 0 and self._hangup.poll(0):
+                        raise redis.ConnectionError("Connection closed by server.")
                     if self._unread:
                         # An overdue reply or a closed connection raises here, before this command is written, so
                         # a call that raised never takes effect later. An earlier command's failed reply is raised
@@ -279,23 +299,26 @@ class UnreadReplies:
         _register_exit_flush()
         # Made outside the pool's count: pool.make_connection() counts every connection it ever made against
         # max_connections, and an outage of reconnect attempts would use that up for good.
-        pool = self._store.redis.connection_pool
-        connection = pool.connection_class(**pool.connection_kwargs)
+        connection = new_connection(self._pool)
         try:
             connection.connect()
             # Load the scripts first, so the first EVALSHA on a fresh server does not come back NOSCRIPT.
-            for name in ("acquire", "release"):
-                connection.send_command("SCRIPT", "LOAD", self._store.scripts.by_name[name].script)
-            for _ in range(2):
+            for script in self._scripts:
+                connection.send_command("SCRIPT", "LOAD", script)
+            for _ in self._scripts:
                 connection.read_response()
             self._connection = connection
-            sock = getattr(connection, "_sock", None)
-            if type(sock) is socket.socket:  # plain TCP or unix: the raw path (TLS sockets are a subclass)
+            sock = plain_socket(connection)
+            if sock is not None:  # plain TCP or unix: the raw path
                 self._socket = sock
                 self._fd = sock.fileno()
                 self._poll = select.poll()
                 self._poll.register(self._fd, select.POLLIN)
+                # Reports only a close by the server (POLLRDHUP; POLLHUP and POLLERR always), not replies.
+                self._hangup = select.poll()
+                self._hangup.register(self._fd, _POLL_HANGUP)
             self._last_read = time.monotonic()
+            self._on_connect()
             for sent in self._unread:
                 self._write(sent.packed)
         except BaseException:
@@ -363,7 +386,7 @@ class UnreadReplies:
                 raise redis.ConnectionError("Connection closed by server.")
         if self._unread:
             waited = now - self._unread[0].sent_at
-            if waited > self._store.settings.socket_timeout:
+            if waited > self._socket_timeout:
                 raise redis.TimeoutError(f"no reply from Redis for {waited:.1f} s")
 
     def _read_all(self) -> None:
@@ -438,8 +461,8 @@ class UnreadReplies:
         for other in self._unread:
             other.superseded = True
         now = time.monotonic()
-        for name in ("acquire", "release"):
-            command = _resp(("SCRIPT", "LOAD", self._store.scripts.by_name[name].script))
+        for script in self._scripts:
+            command = b"".join(self._connection.pack_command("SCRIPT", "LOAD", script))
             load = _Sent(SCRIPT_LOAD_REPLY_LINES, command, now)
             self._unread.append(load)
             self._write(load.packed)
@@ -450,31 +473,31 @@ class UnreadReplies:
 
 
 class WorkerCommands:
-    """The fast path of one worker: acquire and release packed as EVALSHA by hand, with the script, keys, worker id
-    and signal encoded once, and each scope id checked and encoded once.
+    """The fast path of one worker: acquire and release packed as EVALSHA by hand, with the script, keys and every
+    argument that is the same for each call of the worker encoded once, and each scope id checked and encoded once.
 
     Args:
-        store: whose scripts, keys and connection.
-        worker: the owner's worker id (already checked).
-        signal: signal number (already checked).
+        acquire_sha: SHA1 of acquire.lua; release_sha likewise.
+        acquire_prefix: KEYS and the constant ARGV of acquire.lua (``Scripts.acquire_keys``, ``acquire_worker_args``);
+            each call appends scope_id, ttl_ms, deadline_ms, kill_after_ms and mac.
+        release_prefix: KEYS and the constant ARGV of release.lua; each call appends scope_id.
+        send: ``UnreadReplies.send`` of the store's writer.
     """
 
-    __slots__ = ("_acquire_head", "_acquire_tail", "_release_head", "_scopes", "_send")
+    __slots__ = ("_acquire_head", "_release_head", "_scopes", "_send")
 
-    def __init__(self, store: TimerStore, worker: str, signal: int) -> None:
-        keys = store.keys
-        head = (
-            _bulk("EVALSHA"),
-            None,
-            _bulk(2) + _bulk(keys.deadlines) + _bulk(keys.worker(worker)) + _bulk(worker),
-        )
-        # acquire.lua: KEYS deadlines, worker; ARGV worker, scope_id, ttl_ms, signal, wake (10 elements in all)
-        self._acquire_head = b"*10\r\n" + head[0] + _bulk(store.scripts.by_name["acquire"].sha) + head[2]
-        self._acquire_tail = _bulk(signal) + _bulk(keys.wake_channel)
-        # release.lua: KEYS deadlines, worker; ARGV worker, scope_id (7 elements)
-        self._release_head = b"*7\r\n" + head[0] + _bulk(store.scripts.by_name["release"].sha) + head[2]
+    def __init__(
+        self,
+        acquire_sha: str,
+        release_sha: str,
+        acquire_prefix: tuple[Sequence[Any], Sequence[Any]],
+        release_prefix: tuple[Sequence[Any], Sequence[Any]],
+        send: Callable[[bytes, int, bool], None],
+    ) -> None:
+        self._acquire_head = _head(acquire_sha, *acquire_prefix, per_call=5)
+        self._release_head = _head(release_sha, *release_prefix, per_call=1)
         self._scopes: dict[str, bytes] = {}
-        self._send = store._unread.send
+        self._send = send
 
     def _scope(self, scope_id: str) -> bytes:
         check_scope_id(scope_id)
@@ -483,18 +506,28 @@ class WorkerCommands:
         encoded = self._scopes[scope_id] = _bulk(scope_id.encode())
         return encoded
 
-    def acquire(self, scope_id: str, ttl_ms: int, wait: bool = False) -> None:
-        """Send acquire.lua for ``scope_id`` with ``ttl_ms`` (an int >= 1, checked by the caller)."""
+    def acquire(
+        self,
+        scope_id: str,
+        ttl_ms: int,
+        wait: bool = False,
+        deadline_ms: int = 0,
+        kill_after_ms: int = 0,
+        mac: str = "",
+    ) -> None:
+        """Send acquire.lua for ``scope_id`` with ``ttl_ms`` (an int >= 1, checked by the caller); a signed timer
+        also sends its ``deadline_ms`` and ``mac``, and an escalating one its ``kill_after_ms``."""
         try:
             scope = self._scopes[scope_id]
         except (KeyError, TypeError):
             scope = self._scope(scope_id)
         ttl = b"%d" % ttl_ms
-        self._send(
-            b"%s%s$%d\r\n%s\r\n%s" % (self._acquire_head, scope, len(ttl), ttl, self._acquire_tail),
-            ACQUIRE_REPLY_LINES,
-            wait,
+        tail = (
+            _bulk(deadline_ms) + _bulk(kill_after_ms or "") + _bulk(mac)
+            if deadline_ms or kill_after_ms or mac
+            else _PLAIN_ACQUIRE_TAIL
         )
+        self._send(b"%s%s$%d\r\n%s\r\n%s" % (self._acquire_head, scope, len(ttl), ttl, tail), ACQUIRE_REPLY_LINES, wait)
 
     def release(self, scope_id: str, wait: bool = False) -> None:
         """Send release.lua for ``scope_id``."""
@@ -505,111 +538,21 @@ class WorkerCommands:
         self._send(self._release_head + scope, RELEASE_REPLY_LINES, wait)
 
 
-def _resp(args: Sequence[Any]) -> bytes:
-    """One command in RESP, packed by hand (redis-py's packer costs several times more per argument)."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if type(arg) is bytes else (arg if type(arg) is str else str(arg)).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+# deadline_ms 0 (server TIME + ttl), no kill_after, no mac: what every unsigned acquire ends with.
+_PLAIN_ACQUIRE_TAIL = _bulk(0) + _bulk("") + _bulk("")
 
 
-class _ReplyReader:
-    """Parses one RESP reply from chunks as they arrive, each byte once (a reply of 1,000 delivery orders comes in
-    several reads). An error nested in an array becomes a ResponseError instance; ``read`` raises one at the top.
-    """
-
-    AGGREGATES = frozenset(b"*~>%")
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.position = 0
-        self.stack: list[list[Any]] = []  # per open aggregate: [items, elements still due, is a map]
-
-    def feed(self, chunk: bytes) -> tuple[bool, Any]:
-        """Add bytes; return (True, reply) once it is complete, else (False, None)."""
-        data = self.data[self.position :] + chunk
-        self.data, self.position = data, 0
-        position = 0
-        stack = self.stack
-        while True:
-            end = data.find(b"\r\n", position)
-            if end < 0:
-                break
-            kind = data[position]
-            if kind == 36 or kind == 61:  # $ bulk string, = verbatim string ("txt:" then the text)
-                size = int(data[position + 1 : end])
-                if size < 0:
-                    value: Any = None
-                    position = end + 2
-                else:
-                    stop = end + 2 + size
-                    if stop + 2 > len(data):
-                        break
-                    value = data[end + 2 + (4 if kind == 61 else 0) : stop]
-                    position = stop + 2
-            elif kind in self.AGGREGATES:
-                count = int(data[position + 1 : end])
-                position = end + 2
-                if count > 0:
-                    stack.append([[], count * (2 if kind == 37 else 1), kind == 37])
-                    continue
-                value = None if count < 0 else ({} if kind == 37 else [])
-            else:
-                line = data[position + 1 : end]
-                position = end + 2
-                if kind == 58 or kind == 40:  # : integer, ( big number
-                    value = int(line)
-                elif kind == 43:  # + simple string
-                    value = line
-                elif kind == 45:  # - error
-                    value = BaseParser.parse_error(line.decode(errors="replace"))  # type: ignore[no-untyped-call]
-                elif kind == 95:  # _ null
-                    value = None
-                elif kind == 35:  # # boolean
-                    value = line == b"t"
-                elif kind == 44:  # , double
-                    value = float(line)
-                else:
-                    raise redis.ConnectionError(f"unexpected reply type {chr(kind)!r} from Redis")
-            # Attach the value to the open aggregates, closing those that are full.
-            while stack:
-                frame = stack[-1]
-                frame[0].append(value)
-                frame[1] -= 1
-                if frame[1]:
-                    break
-                stack.pop()
-                items = frame[0]
-                value = dict(zip(items[::2], items[1::2], strict=True)) if frame[2] else items
-            else:
-                self.position = position
-                if position != len(data):
-                    raise redis.ConnectionError("Redis sent more than one reply")
-                return True, value
-        self.position = position
-        return False, None
-
-
-def _read_reply(connection: Any) -> Any:
-    """One reply on ``connection``, parsed here when it is a plain socket with nothing buffered by redis-py (its
-    parser costs several times more per element, which shows with 1,000 delivery orders), else by redis-py."""
-    sock = getattr(connection, "_sock", None)
-    buffer = getattr(getattr(connection, "_parser", None), "_buffer", None)
-    if type(sock) is not socket.socket or buffer is None or buffer.unread_bytes():
-        return connection.read_response()
-    reader = _ReplyReader()
-    while True:
-        done, value = reader.feed(_recv(sock, 1 << 20))
-        if done:
-            if isinstance(value, redis.ResponseError):
-                raise value
-            return value
+def _head(sha: str, keys: Sequence[Any], args: Sequence[Any], per_call: int) -> bytes:
+    """EVALSHA, the script's SHA, its keys and its leading arguments in RESP, with the array length counting the
+    ``per_call`` arguments each call appends."""
+    parts = [b"*%d\r\n" % (3 + len(keys) + len(args) + per_call), _bulk("EVALSHA"), _bulk(sha), _bulk(len(keys))]
+    return b"".join(parts + [_bulk(value) for value in (*keys, *args)])
 
 
 class RawCommands:
-    """Runs commands on the client's connection pool, hand-packed, and returns the replies as Redis sent them:
-    without redis-py's response callbacks, which cost more than the work for a batch of 1,000 delivery orders.
+    """Runs commands on the client's connection pool and returns the replies as Redis sent them: without
+    redis-py's response callbacks, which cost more than the work for a batch of 1,000 delivery orders. Replies
+    are parsed by redis-py's parser (hiredis, a C parser, is a dependency: 15x faster than Python on a batch).
 
     Quacks like a client to ``Script.__call__`` (``evalsha``, ``script_load``), so ``Scripts`` methods run on it.
     A broken pooled connection (a restarted Redis) is replaced and the command sent once more, as redis-py does.
@@ -619,17 +562,16 @@ class RawCommands:
         self._client = client
 
     def execute(self, *args: Any) -> Any:
-        packed = [_resp(args)]
         pool = self._client.connection_pool
-        connection = pool.get_connection()
+        connection = pooled_connection(pool)
         try:
             try:
-                connection.send_packed_command(packed)
-                return _read_reply(connection)
+                connection.send_command(*args)
+                return connection.read_response()
             except redis.ConnectionError:
                 connection.disconnect()
-                connection.send_packed_command(packed)
-                return _read_reply(connection)
+                connection.send_command(*args)
+                return connection.read_response()
         except redis.ResponseError:
             raise
         except BaseException:
@@ -642,7 +584,7 @@ class RawCommands:
         return self.execute("EVALSHA", sha, numkeys, *keys_and_args)
 
     def script_load(self, script: str) -> Any:
-        return _text(self.execute("SCRIPT", "LOAD", script))
+        return as_text(self.execute("SCRIPT", "LOAD", script))
 
 
 _LIVE_WRITERS: weakref.WeakSet[UnreadReplies] = weakref.WeakSet()

@@ -1,20 +1,16 @@
-"""What every timerctl command shares: the lazy store, exit codes, library errors as one-line messages, durations.
+"""What every timerctl command shares: the options' values and the lazy store, exit codes, errors, durations.
 
 Exit codes (README "timerctl"): scripts can tell an outage from a typo from a missing timer.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-import redis
 
 from timer_redis import (
+    AuthenticationError,
     InvalidArgumentError,
     StoreUnavailableError,
     TimerNotFoundError,
@@ -23,7 +19,10 @@ from timer_redis import (
     TimerStore,
     WrongTypeError,
 )
+from timer_redis.durations import parse_duration
+from timer_redis.keys import check_namespace
 from timer_redis.settings import DEFAULT_URL
+from timer_redis.signing import SECRET_FILE_ENV, load_secret
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # anything not listed below
@@ -31,10 +30,12 @@ EXIT_USAGE = 2  # click's own: unknown option, missing argument
 EXIT_UNAVAILABLE = 3  # Redis unreachable or timed out
 EXIT_NOT_FOUND = 4  # no such timer or worker
 EXIT_INVALID = 5  # a bad value: ttl, scope, signal, pid, worker id
-EXIT_CONFIG = 6  # a bad Redis URL or namespace
+EXIT_CONFIG = 6  # a bad Redis URL, namespace or TIMER_REDIS_* variable
 EXIT_WRONG_TYPE = 7  # a key of the namespace holds another Redis type
+EXIT_AUTH = 8  # Redis refused the credentials
 
 EXIT_CODES = {
+    AuthenticationError: EXIT_AUTH,
     StoreUnavailableError: EXIT_UNAVAILABLE,
     TimerNotFoundError: EXIT_NOT_FOUND,
     InvalidArgumentError: EXIT_INVALID,
@@ -47,7 +48,8 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        # click declares exit_code a ClassVar; click's main() reads it from the instance, so one per error works.
+        object.__setattr__(self, "exit_code", exit_code)
 
     @classmethod
     def from_library(cls, error: TimerRedisError) -> CliError:
@@ -58,7 +60,10 @@ class CliError(click.ClickException):
 
 
 class CliState:
-    """``ctx.obj`` of every command: the connection settings and the store, built on first use.
+    """``ctx.obj`` of every command: the group options' values and the store, built on first use.
+
+    Every option of the group has an attribute of the same name here (``TimerctlGroup`` sets it again when the
+    option is given after the command), so a new group option needs a new field and nothing else.
 
     Args:
         url: Redis URL.
@@ -66,7 +71,10 @@ class CliState:
         json_output: print JSON instead of tables.
         debug: let tracebacks through.
         timeout: socket timeout of the Redis connection, seconds.
+        secret_file: the file holding the namespace secret (None: TIMER_REDIS_SECRET, or none).
         store: a ready TimerStore (tests pass a fakeredis-backed one); ``url`` and ``namespace`` are then unused.
+        from_env: names of the options whose value came from an environment variable, with that variable, so an
+            error can name where a bad value came from.
     """
 
     def __init__(
@@ -77,106 +85,100 @@ class CliState:
         json_output: bool = False,
         debug: bool = False,
         timeout: float = 5.0,
+        secret_file: str | None = None,
         store: TimerStore | None = None,
+        from_env: dict[str, str] | None = None,
     ) -> None:
         self.url = url
         self.namespace = namespace
         self.json_output = json_output
         self.debug = debug
         self.timeout = timeout
+        self.secret_file = secret_file
         self._store = store
+        self.from_env = dict(from_env or {})
+        self.given: set[str] = set()
+
+    def set_option(self, name: str, value: Any) -> None:
+        """Record a group option given on the command line (before or after the command).
+
+        Raises:
+            TypeError: no such option (a group option without its CliState field: a bug in timerctl).
+        """
+        if not hasattr(self, name):
+            raise TypeError(f"CliState has no field for the group option {name!r}")
+        setattr(self, name, value)
+        self.given.add(name)
+        self.from_env.pop(name, None)
+
+    def explicit(self, name: str) -> bool:
+        """Whether the option ``name`` was given on the command line or by its environment variable."""
+        return name in self.given or name in self.from_env
+
+    def blame(self, name: str, error: Exception) -> str:
+        """The message of ``error``, about the value of option ``name``, led by the variable it came from if any."""
+        variable = self.from_env.get(name)
+        return f"{variable}: {error}" if variable else str(error)
+
+    def checked_namespace(self) -> str:
+        """The namespace, checked.
+
+        Raises:
+            CliError: it cannot name a key space (exit 6); the message names the variable it came from, if any.
+        """
+        try:
+            return check_namespace(self.namespace)
+        except TimerRedisError as error:
+            raise CliError(self.blame("namespace", error), EXIT_CONFIG) from None
 
     @property
     def store(self) -> TimerStore:
         """The TimerStore, connected lazily (nothing touches Redis until a command needs it).
 
         Raises:
-            CliError: the URL or namespace is malformed (exit 6).
+            CliError: the URL, the namespace or a ``TIMER_REDIS_*`` variable is malformed (exit 6).
         """
         if self._store is None:
+            self.checked_namespace()
             try:
                 settings = TimerSettings.from_env(namespace=self.namespace, socket_timeout=self.timeout)
-                self._store = TimerStore.from_url(self.url, settings=settings)
             except TimerRedisError as error:
                 raise CliError(str(error), EXIT_CONFIG) from None
+            try:
+                secret = load_secret(environ={SECRET_FILE_ENV: self.secret_file}) if self.secret_file else None
+            except TimerRedisError as error:
+                raise CliError(self.blame("secret_file", error), EXIT_CONFIG) from None
+            try:
+                self._store = TimerStore.from_url(self.url, settings=settings, secret=secret)
+            except TimerRedisError as error:
+                raise CliError(self.blame("url", error), EXIT_CONFIG) from None
         return self._store
 
 
 pass_state = click.make_pass_decorator(CliState)
 
-F = TypeVar("F", bound=Callable[..., Any])
 
+class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic in recent click, plain in 8.1
+    """A duration option: ``30``, ``1.5``, ``500ms``, ``1m30s``, ``2h00m``, ``1d`` (``timer_redis.durations``, the
+    parser of the environment variables too). A malformed one is an invalid value (exit 5, one line), not a usage
+    error, so scripts can tell a bad ttl from a typo in an option name.
 
-def json_option(function: F) -> F:
-    """``--json`` on a command; it also honours the group's ``timerctl --json``."""
+    Args:
+        minimum: smallest value accepted, seconds.
+        maximum: largest value accepted, seconds.
+    """
 
-    def remember(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
-        if value:
-            ctx.ensure_object(CliState).json_output = True
-        return value
+    name = "duration"
 
-    return click.option(
-        "--json",
-        "json_flag",
-        is_flag=True,
-        expose_value=False,
-        callback=remember,
-        help="Print JSON (shapes in the README) instead of a table.",
-    )(function)
-
-
-def emit_json(data: Any) -> None:
-    """One JSON document on one line of stdout."""
-    click.echo(json.dumps(data, separators=(",", ":")))
-
-
-class TimerctlGroup(click.Group):
-    """A click group that turns library and redis-py errors into one line and an exit code (or a traceback with
-    ``--debug``)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except TimerRedisError as error:
-            if _debug(ctx):
-                raise
-            raise CliError.from_library(error) from None
-        except redis.RedisError as error:  # a reply no library call anticipated: still one line
-            if _debug(ctx):
-                raise
-            raise CliError(f"Redis error: {error}", EXIT_ERROR) from None
-
-
-def _debug(ctx: click.Context) -> bool:
-    state = ctx.find_object(CliState)
-    return bool(state and state.debug)
-
-
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-class Seconds(click.ParamType):
-    """A duration: ``30``, ``1.5``, ``500ms``, ``2m``, ``1h``. A malformed one is an invalid value (exit 5, one line),
-    not a usage error, so scripts can tell a bad ttl from a typo in an option name."""
-
-    name = "seconds"
+    def __init__(self, minimum: float | None = None, maximum: float | None = None) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            seconds = float(value)
-        else:
-            try:
-                seconds = float(value)  # also "-1", "nan", "inf": refused below with the reason
-            except ValueError:
-                match = _DURATION.match(str(value))
-                if match is None:
-                    raise CliError(f"{_name(param)} must be a duration like 30, 1.5, 500ms, 2m or 1h, got {value!r}",
-                                   EXIT_INVALID) from None  # fmt: skip
-                seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        if not math.isfinite(seconds) or seconds <= 0:
-            raise CliError(f"{_name(param)} must be finite and > 0 seconds, got {value}", EXIT_INVALID)
-        return seconds
+        try:
+            return parse_duration(value, _name(param), minimum=self.minimum, maximum=self.maximum)
+        except InvalidArgumentError as error:
+            raise CliError(str(error), EXIT_INVALID) from None
 
 
 def _name(param: click.Parameter | None) -> str:
@@ -187,33 +189,3 @@ def _name(param: click.Parameter | None) -> str:
 
 
 SECONDS = Seconds()
-
-
-def format_duration(ms: int | float | None) -> str:
-    """Milliseconds as a short human duration: ``850ms``, ``12.3s``, ``4m05s``, ``2h03m``; negative = overdue."""
-    if ms is None:
-        return "-"
-    sign = "-" if ms < 0 else ""
-    ms = abs(ms)
-    if ms < 1000:
-        return f"{sign}{ms:.0f}ms"
-    seconds = ms / 1000
-    if seconds < 60:
-        return f"{sign}{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{sign}{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    return f"{sign}{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
-
-
-def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    """A plain aligned table on stdout (no dependency, pipes cleanly into awk/cut)."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
-    for row in [headers, *rows]:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
-def warn(message: str) -> None:
-    """A note on stderr, prefixed like click's errors."""
-    click.echo(f"timerctl: {message}", err=True)

@@ -8,6 +8,7 @@ production); the watchdogs are threads of this process; each worker is a process
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -22,12 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
 from timer_redis import Event, TimerInfo, TimerStore, Watchdog
+from timer_redis.connection import mask_url
 from timer_redis.keys import parse_worker_id
+from timer_redis.signing import SECRET_ENV, SECRET_FILE_ENV, load_secret
 
-from .context import EXIT_ERROR, CliError, CliState, emit_json, format_duration, json_option
+from .context import EXIT_ERROR, CliError, CliState, Seconds
+from .group import TimerctlCommand
+from .render import emit_json, event_summary, format_duration, plural
 
 STEPS = 3
 HANG_AT_STEP = 2
@@ -127,13 +131,12 @@ class DemoRun:
         return data
 
 
-@click.command()
+@click.command(cls=TimerctlCommand)
 @click.option("--workers", type=click.IntRange(1, 20), default=6, show_default=True, help="Worker processes.")
 @click.option("--hung", type=click.IntRange(min=0), default=2, show_default=True, help="How many of them hang.")
 @click.option(
-    "--ttl", type=click.FloatRange(0.5, 10.0), default=3.0, show_default=True, help="Timer of each worker step, s."
+    "--ttl", type=Seconds(0.5, 10.0), default=3.0, show_default=True, help="Timer of each worker step: 500ms to 10s."
 )
-@json_option
 @click.pass_context
 def demo(ctx: click.Context, workers: int, hung: int, ttl: float) -> None:
     """Watch hung workers being killed: an embedded Redis, two watchdog replicas and a few workers, some of which
@@ -146,34 +149,31 @@ def demo(ctx: click.Context, workers: int, hung: int, ttl: float) -> None:
     \b
     Examples:
       timerctl demo
-      timerctl demo --workers 10 --hung 3 --ttl 2
-      timerctl --url redis://localhost:6379/0 demo --json
+      timerctl demo --workers 10 --hung 3 --ttl 2s
+      timerctl demo --url redis://localhost:6379/0 --json
     """
     if hung > workers:
         raise click.UsageError(f"--hung ({hung}) cannot exceed --workers ({workers})")
     state = ctx.find_object(CliState)
-    assert state is not None and ctx.parent is not None
-    explicit = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    embedded = ctx.parent.get_parameter_source("url") not in explicit
-    if ctx.parent.get_parameter_source("namespace") in explicit:
-        namespace = state.namespace
-    else:
-        namespace = f"demo-{uuid.uuid4().hex[:8]}"
+    assert state is not None
+    embedded = not state.explicit("url")
+    namespace = state.checked_namespace() if state.explicit("namespace") else f"demo-{uuid.uuid4().hex[:8]}"
     out = LineView(err=True) if state.json_output else LiveView() if sys.stdout.isatty() else LineView(err=False)
 
+    secret, secret_env = demo_secret(state)
     with ExitStack() as stack:
         url = stack.enter_context(embedded_redis()) if embedded else state.url
-        store = TimerStore.from_url(url, namespace)
+        store = TimerStore.from_url(url, namespace, secret=secret)
         stack.callback(store.redis.close)
-        run = DemoRun(url=url, namespace=namespace, embedded=embedded, ttl=ttl)
+        run = DemoRun(url=mask_url(url), namespace=namespace, embedded=embedded, ttl=ttl)
         run.server_start_ms = run.now_ms = store.server_time_ms()
         for _ in range(REPLICAS):
-            replica = Watchdog(url=url, namespace=namespace, max_interval=0.5)
+            replica = Watchdog(url=url, namespace=namespace, max_interval=0.5, secret=secret)
             replica.start()
             stack.callback(replica.store.redis.close)
             stack.callback(replica.stop)
         stack.callback(stop_workers, run)
-        start_workers(run, workers, hung)
+        start_workers(run, workers, hung, url, secret_env)
         out.begin(run, REPLICAS)
         watch(run, store, out)
     summary = run.summary()
@@ -203,11 +203,25 @@ def embedded_redis() -> Iterator[str]:
         server.server_close()
 
 
-def start_workers(run: DemoRun, count: int, hung: int) -> None:
+def demo_secret(state: CliState) -> tuple[bytes, dict[str, str]]:
+    """The namespace secret of the demo and what its workers need in their environment to sign with it: the
+    one configured (--secret-file, TIMER_REDIS_SECRET_FILE, TIMER_REDIS_SECRET), else a new random one, so the
+    demo shows signed timers as a deployment should run them."""
+    if state.secret_file:
+        environ = {SECRET_FILE_ENV: state.secret_file}
+        return load_secret(environ=environ) or b"", environ
+    configured = load_secret()
+    if configured is not None:
+        return configured, {}
+    text = secrets.token_hex(32)
+    return text.encode(), {SECRET_ENV: text}
+
+
+def start_workers(run: DemoRun, count: int, hung: int, url: str, secret_env: dict[str, str]) -> None:
     """Start ``count`` workers; ``hung`` of them, spread out, hang at step 2."""
     spacing = count // hung if hung else 0
     hanging = {k * count // hung + spacing // 2 for k in range(hung)}
-    env = dict(os.environ, TIMER_REDIS_URL=run.url, TIMER_REDIS_NAMESPACE=run.namespace)
+    env = dict(os.environ, TIMER_REDIS_URL=url, TIMER_REDIS_NAMESPACE=run.namespace, **secret_env)
     for index in range(count):
         name = f"worker-{index + 1}"
         work = round(run.ttl * (0.3 + 0.1 * (index % 3)), 3)  # every healthy step well inside its ttl
@@ -259,10 +273,11 @@ def watch(run: DemoRun, store: TimerStore, out: View) -> None:
 def describe_failure(summary: dict[str, Any]) -> str:
     problems = []
     if summary["hung_killed"] < summary["hung"]:
-        problems.append(f"{summary['hung'] - summary['hung_killed']} hung worker(s) were not killed")
+        missed = summary["hung"] - summary["hung_killed"]
+        problems.append(f"{plural(missed, 'hung worker was', 'hung workers were')} not killed")
     unfinished = summary["workers"] - summary["hung"] - summary["finished"]
     if unfinished:
-        problems.append(f"{unfinished} healthy worker(s) did not finish ({summary['healthy_killed']} killed)")
+        problems.append(f"{plural(unfinished, 'healthy worker')} did not finish ({summary['healthy_killed']} killed)")
     return "; ".join(problems) or "unknown"
 
 
@@ -286,17 +301,15 @@ class View:
 def header(run: DemoRun, replicas: int) -> str:
     where = f"embedded Redis (fakeredis) at {run.url}" if run.embedded else f"Redis at {run.url}"
     return (
-        f"timerctl demo: {len(run.workers)} workers ({STEPS} steps, {run.ttl:g}s timer each), "
-        f"{replicas} watchdog replicas, {where}, namespace {run.namespace}"
+        f"timerctl demo: {plural(len(run.workers), 'worker')} ({STEPS} steps, {format_duration(run.ttl * 1000)} "
+        f"timer each), {plural(replicas, 'watchdog replica')}, {where}, namespace {run.namespace}"
     )
 
 
 def describe_event(run: DemoRun, event: Event) -> str:
-    scope = event.fields.get("scope_id", "")
-    detail = event.fields.get("detail", "")
-    lag = f" (lag {event.fields['lag_ms']} ms)" if "lag_ms" in event.fields else ""
+    """The event as ``timerctl events`` words it, after the seconds since the demo started."""
     at = (event.time_ms - run.server_start_ms) / 1000
-    return f"{at:5.1f}s  {event.type:<10} {scope}{': ' + detail if detail else ''}{lag}"
+    return f"{at:5.1f}s  {event_summary(event)}"
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
@@ -308,7 +321,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         else "FAILED: " + describe_failure(summary)
     )
     return [
-        f"summary: {summary['workers']} workers in {summary['seconds']:.1f}s: {summary['finished']} finished, "
+        f"summary: {plural(summary['workers'], 'worker')} in {summary['seconds']:.1f}s: "
+        f"{summary['finished']} finished, "
         f"{summary['hung_killed']} of {summary['hung']} hung killed by the watchdog{lag}, "
         f"{summary['healthy_killed']} healthy killed",
         f"events: {events}",

@@ -13,13 +13,22 @@ import argparse
 import time
 
 import timer_redis as timer
+from timer_redis.durations import parse_duration
+
+
+def duration(text: str) -> float:
+    """An argparse type: the durations timerctl accepts (``timer_redis.durations``), argparse's error on a bad one."""
+    try:
+        return parse_duration(text, "duration")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m timerctl.demo_worker", description=__doc__.splitlines()[0])
     parser.add_argument("--name", default="worker", help="names the timers: '<name> step i/n'")
-    parser.add_argument("--ttl", type=float, default=3.0, help="seconds each step may take")
-    parser.add_argument("--work", type=float, default=1.0, help="seconds each step takes")
+    parser.add_argument("--ttl", type=duration, default=3.0, help="how long each step may take: 3, 2s, 500ms")
+    parser.add_argument("--work", type=duration, default=1.0, help="how long each step takes")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--hang-at", type=int, default=0, help="step (1-based) that hangs forever; 0 = none")
     args = parser.parse_args(argv)

@@ -15,7 +15,9 @@ from timer_redis import Owner, StoreUnavailableError, TimerNotFoundError, TimerR
 from timer_redis.keys import MAX_SCOPE_BYTES, timer_member
 from timer_redis.settings import parse_signal
 
-from .context import EXIT_INVALID, SECONDS, CliError, CliState, format_duration, pass_state, warn
+from .context import EXIT_INVALID, SECONDS, CliError, CliState, pass_state
+from .group import TimerctlCommand
+from .render import format_duration, warn
 
 # Like timeout(1) and the shells: the command could not be started.
 EXIT_CANNOT_EXECUTE = 126
@@ -25,8 +27,10 @@ EXIT_COMMAND_NOT_FOUND = 127
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--ttl", type=SECONDS, required=True, help="Seconds the command may run (between heartbeats, if any).")
+# Options before COMMAND are timerctl's, and an unknown one is a usage error (`--heartbeat` for --heartbeat-every
+# must not become the command). The first word that is not an option, or "--", starts COMMAND.
+@click.command(cls=TimerctlCommand, context_settings={"allow_interspersed_args": False})
+@click.option("--ttl", type=SECONDS, required=True, help="How long the command may run (between heartbeats): 30, 10m.")
 @click.option(
     "--signal",
     "signal_name",
@@ -52,6 +56,8 @@ def run(
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND under a timer owned by the command's process; exit with its exit status.
+
+    Options before COMMAND (or before `--`) are timerctl's; a misspelt one is an error, never part of COMMAND.
 
     The timer is acquired right after the command starts and released when it exits. If it is still running when
     the timer expires, a watchdog sends it --signal, and timerctl exits with 128 + the signal number, like a shell.
@@ -153,8 +159,8 @@ def supervise(
 
 
 def report_signal_death(store: TimerStore, worker: str, scope_id: str, signum: int, since_ms: int) -> None:
-    """Say on stderr what killed the command: its timer, when a watchdog claimed it (the ``expired`` event is
-    written in the same script as the claim, before any signal), or something else."""
+    """Say on stderr, as the error it is, what killed the command: its timer, when a watchdog claimed it (the
+    ``expired`` event is written in the same script as the claim, before any signal), or something else."""
     name = signal.Signals(signum).name if signum in signal.valid_signals() else str(signum)
     try:
         since = store.events(count=10_000, after=f"{since_ms}-0")
@@ -162,8 +168,11 @@ def report_signal_death(store: TimerStore, worker: str, scope_id: str, signum: i
         since = []
     expired = next((e for e in since if e.type == "expired" and e.fields.get("worker") == worker), None)
     if expired is None:
-        warn(f"command killed by {name}")
+        click.echo(f"Error: command killed by {name}", err=True)
         return
-    after_ms = int(expired.fields.get("deadline_ms", since_ms)) - since_ms
-    warn(f"timer {expired.fields.get('scope_id', scope_id)!r} expired after {format_duration(after_ms)}: "
-         f"a watchdog sent {name}")  # fmt: skip
+    try:
+        after_ms = int(expired.fields.get("deadline_ms", since_ms)) - since_ms
+    except ValueError:  # an event field is untrusted input
+        after_ms = 0
+    click.echo(f"Error: timer {expired.fields.get('scope_id', scope_id)!r} expired after "
+               f"{format_duration(after_ms)}: a watchdog sent {name}", err=True)  # fmt: skip

@@ -147,6 +147,8 @@ def test_bad_input_leaves_redis_unchanged(redis_url: str, scope: Any, expiration
 def test_a_key_of_another_type_is_a_wrong_type_error(redis_url: str, real_store: TimerStore) -> None:
     raw = redis.Redis.from_url(redis_url)
     raw.set(real_store.keys.deadlines, "not a zset")
+    record = real_store.keys.worker(Owner.current().worker_id)
+    raw.hset(record, "not", "a record")
 
     async def body(client: atimer.AsyncRedisTimerClient) -> None:
         with pytest.raises(WrongTypeError, match="wrongtype"):
@@ -156,6 +158,7 @@ def test_a_key_of_another_type_is_a_wrong_type_error(redis_url: str, real_store:
 
     run(redis_url, body)
     assert raw.get(real_store.keys.deadlines) == b"not a zset"
+    assert raw.hgetall(record) == {b"not": b"a record"}
     raw.close()
 
 

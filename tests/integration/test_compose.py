@@ -24,6 +24,8 @@ from tests.helpers import wait_for
 from tests.redis_server import RedisServer
 from timer_redis import TimerStore
 
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("TIMER_REDIS_")}
 
@@ -46,10 +48,20 @@ def entrypoint() -> list[str]:
     return [str(binary)] if binary.exists() else [sys.executable, "-m", "timerctl"]
 
 
-def service_env(service: dict[str, Any], url: str) -> dict[str, str]:
+def service_env(service: dict[str, Any], url: str, secret_file: Path) -> dict[str, str]:
+    """The service's environment, with the Redis URL and the mounted secret's path pointed at the test's."""
     env = {key: str(value) for key, value in service["environment"].items()}
     assert env["TIMER_REDIS_URL"] == "redis://redis:6379/0"
-    return {**CLEAN_ENV, **env, "TIMER_REDIS_URL": url}
+    assert env["TIMER_REDIS_SECRET_FILE"] == "/run/secrets/timer-secret" and service["secrets"] == ["timer-secret"]
+    return {**CLEAN_ENV, **env, "TIMER_REDIS_URL": url, "TIMER_REDIS_SECRET_FILE": str(secret_file)}
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    """What `docker compose` mounts at /run/secrets/timer-secret from TIMER_REDIS_SECRET."""
+    path = tmp_path / "timer-secret"
+    path.write_text(os.urandom(32).hex() + "\n")
+    return path
 
 
 def test_the_compose_file_has_the_agreed_topology(compose: dict[str, Any]) -> None:
@@ -65,6 +77,7 @@ def test_the_compose_file_has_the_agreed_topology(compose: dict[str, Any]) -> No
         assert services[name]["environment"]["TIMER_REDIS_NODE"] == worker["environment"]["TIMER_REDIS_NODE"]
         assert services[name]["stop_signal"] == "SIGTERM"
     assert "timerctl.demo_worker" in worker["command"][0] and worker["init"] is True
+    assert compose["secrets"]["timer-secret"] == {"environment": "TIMER_REDIS_SECRET"}, "the timers are signed"
 
 
 @pytest.fixture
@@ -75,21 +88,23 @@ def redis_service(compose: dict[str, Any]) -> Iterator[RedisServer]:
         yield server
 
 
-def test_three_watchdog_services_kill_a_hung_worker(compose: dict[str, Any], redis_service: RedisServer) -> None:
+def test_three_watchdog_services_kill_a_hung_worker(
+    compose: dict[str, Any], redis_service: RedisServer, secret_file: Path
+) -> None:
     services = compose["services"]
     url = redis_service.url
     watchdogs = [
         subprocess.Popen(
             [*entrypoint(), *services[name]["command"]],
-            env=service_env(services[name], url),
+            env=service_env(services[name], url, secret_file),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for name in ("watchdog-1", "watchdog-2", "watchdog-3")
     ]
-    worker_env = service_env(services["demo-worker"], url)
-    store = TimerStore.from_url(url, worker_env["TIMER_REDIS_NAMESPACE"])
+    worker_env = service_env(services["demo-worker"], url, secret_file)
+    store = TimerStore.from_url(url, worker_env["TIMER_REDIS_NAMESPACE"], secret=secret_file.read_bytes().strip())
     try:
         wait_for(lambda: len(store.replicas()) == 3, timeout=15, what="three replicas' heartbeats")
         assert {r["node"] for r in store.replicas().values()} == {worker_env["TIMER_REDIS_NODE"]}
@@ -105,6 +120,7 @@ def test_three_watchdog_services_kill_a_hung_worker(compose: dict[str, Any], red
         # The watchdog records the delivery just after the signal, so possibly after the worker's death is seen.
         delivered = wait_for(lambda: [e for e in store.events() if e.type == "delivered"], what="the delivered event")
         assert len(delivered) == 1 and delivered[0].fields["pid"] == str(worker.pid)
+        assert store.events()[0].type == "expired" and store.list() == [], "a signed timer, verified and fired"
     finally:
         for process in watchdogs:
             if process.poll() is None:

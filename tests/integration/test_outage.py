@@ -268,19 +268,19 @@ def test_a_hung_redis_raises_within_the_socket_timeout_and_leaves_no_phantom_tim
 def test_a_watchdog_survives_errors_that_are_not_outages(
     own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An OOM reply is a plain redis ResponseError, not ours: it used to end the watchdog thread."""
+    """An OOM reply used to end the watchdog thread; it is now our StoreUnavailableError, logged as what it is."""
     store = store_on(own_redis_server)
     metrics = WatchdogMetrics(store)
     with running(Watchdog(store=store_on(own_redis_server), max_interval=0.1, metrics=metrics)) as dog:
         wait_for(lambda: store.replicas(), what="the first heartbeat")
         store.redis.config_set("maxmemory", 1)
-        wait_for(lambda: "watchdog pass failed" in caplog.text, timeout=5, what="a failed pass")
+        wait_for(lambda: "out of memory" in caplog.text, timeout=5, what="a failed pass")
         store.redis.config_set("maxmemory", 0)
         deadline = store.acquire(Owner(default_node(), missing_pids(1)[0], 1), "after", 0.05) or 0
         wait_for(lambda: store.count() == 0, timeout=RESUME_WITHIN, what="the watchdog to go on claiming")
         assert dog._thread is not None and dog._thread.is_alive()
     assert "maxmemory" in caplog.text and deadline > 0
-    assert b'timer_redis_redis_errors_total{error="OutOfMemoryError"}' in metrics.render()
+    assert b'timer_redis_redis_errors_total{error="StoreUnavailableError"}' in metrics.render()
 
 
 def scrape(port: int) -> str:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers import wait_for
 from tests.integration import workers
-from timer_redis import DeliveryOrder, DeliveryResult, Outcome, TimerStore, Watchdog
+from timer_redis import DeliveryOrder, DeliveryResult, TimerStore, Watchdog
 from timer_redis.delivery import SignalPolicy, deliver
 from timer_redis.process import default_node
 
@@ -173,8 +173,8 @@ def test_finishing_an_order_twice_writes_one_event(real_store: TimerStore) -> No
     real_store.acquire(f"node-y:{os.getpid()}:1", "s", 0.001)
     time.sleep(0.01)
     real_store.claim_expired(10)
-    (order,) = real_store.read_deliveries("node-y", "a", 10)
-    result = DeliveryResult(Outcome.OWNER_GONE, "test")
-    assert real_store.finish_deliveries([(order, result)], "a") == [True]
-    assert real_store.finish_deliveries([(order, result)], "b") == [False]
+    (entry,) = real_store.read_deliveries("node-y", "a", 10)
+    event = ["type", "owner-gone", "detail", "test"]
+    assert real_store.finish_deliveries("node-y", [(entry.entry_id, [event], "")]) == [True]
+    assert real_store.finish_deliveries("node-y", [(entry.entry_id, [event], "")]) == [False]
     assert [e.type for e in real_store.events()] == ["expired", "owner-gone"]

@@ -3,84 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.helpers import wait_for
+from tests.integration.timerctl_binary import (
+    CLEAN_ENV,
+    COMMAND,
+    ok_json,
+    sleeper,
+    start_timerctl,
+    stop,
+    timerctl,
+)
 from timer_redis import Owner, TimerStore
-
-BINARY = Path(sys.executable).with_name("timerctl")
-COMMAND = [str(BINARY)] if BINARY.exists() else [sys.executable, "-m", "timerctl"]
-# The tests' own settings only: nothing from the developer's shell leaks into the commands.
-CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("TIMER_REDIS_")}
-
-
-def timerctl(url: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*COMMAND, "--url", url, "--namespace", "test", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=CLEAN_ENV,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def start_timerctl(url: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [*COMMAND, "--url", url, "--namespace", "test", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=CLEAN_ENV,
-    )
-
-
-def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-@pytest.fixture
-def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes that sleep for a minute unless killed; the test appends to the list."""
-    processes: list[subprocess.Popen[bytes]] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-
-
-def sleeper(sleepers: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(["sleep", "60"])
-    sleepers.append(process)
-    return process
-
-
-def stop(process: subprocess.Popen[str], signum: int = signal.SIGTERM) -> tuple[int, str]:
-    process.send_signal(signum)
-    _, stderr = process.communicate(timeout=15)
-    return process.returncode, stderr
-
-
-@pytest.fixture
-def watchdog_process(redis_url: str, real_store: TimerStore) -> Iterator[subprocess.Popen[str]]:
-    """`timerctl watchdog` in the background, running once its first heartbeat is in Redis; must exit 0."""
-    process = start_timerctl(redis_url, "watchdog", "--max-interval", "0.5")
-    wait_for(real_store.replicas, timeout=10, what="the watchdog's first heartbeat")
-    yield process
-    if process.poll() is None:
-        returncode, stderr = stop(process)
-        assert returncode == 0, stderr
 
 
 def test_python_m_timerctl_is_the_same_app() -> None:
@@ -112,7 +52,7 @@ def test_every_timer_command(redis_url: str, real_store: TimerStore, sleepers: l
 
     stats = ok_json(timerctl(redis_url, "stats", "--json"))
     assert stats["live_timers"] == 1 and stats["due_timers"] == 0
-    assert timerctl(redis_url, "clear", "--all", "--yes").stdout == "cleared 1 timer(s) of 1 worker(s)\n"
+    assert timerctl(redis_url, "clear", "--all", "--yes").stdout == "cleared 1 timer of 1 worker\n"
     assert real_store.count() == 0
     events = [json.loads(line) for line in timerctl(redis_url, "events", "--json").stdout.splitlines()]
     assert [(e["type"], e["reason"]) for e in events] == [("released", "operator")]
@@ -124,8 +64,9 @@ def test_every_timer_command(redis_url: str, real_store: TimerStore, sleepers: l
         (["--url", "redis://127.0.0.1:1/0", "list"], 3, "Error: Redis at redis://127.0.0.1:1/0 is unreachable"),
         (["--url", "redis://:secret@127.0.0.1:1/0", "list"], 3, "Error: Redis at redis://:***@127.0.0.1:1/0 is"),
         (["--url", "mysql://localhost/0", "list"], 6, "Error: bad Redis URL 'mysql://localhost/0'"),
-        (["acquire", "x", "--ttl", "-5", "--pid", "1"], 5, "Error: --ttl must be finite and > 0 seconds, got -5"),
-        (["show", "node:1:1|nothing"], 4, "Error: no timer 'node:1:1|nothing' in namespace 'test'"),
+        (["acquire", "x", "--ttl", "-5"], 5, "Error: --ttl must be a duration > 0 like 30, 1.5, 500ms, 1m30s, 2h00m"),
+        (["acquire", "x", "--ttl", "1h", "--pid", "1"], 5, "Error: pid 1 (init) cannot own a timer"),
+        (["show", "node:1:1|nothing"], 4, "Error: no timer 'nothing' of pid 1 on node in namespace 'test'"),
     ],
 )
 def test_errors_are_one_line_with_a_distinct_exit_code(
@@ -204,7 +145,7 @@ def test_run_a_hung_child_is_killed_and_the_code_reported(
     started = time.monotonic()
     result = timerctl(redis_url, "run", "--ttl", "0.5", "--scope", "hangs", "--", "sleep", "30")
     assert result.returncode == 128 + signal.SIGKILL
-    assert result.stderr == "timerctl: timer 'hangs' expired after 500ms: a watchdog sent SIGKILL\n"
+    assert result.stderr == "Error: timer 'hangs' expired after 500ms: a watchdog sent SIGKILL\n"
     assert time.monotonic() - started < 10
     assert real_store.count() == 0
     # The watchdog records the delivery just after the signal, so possibly after timerctl saw the child die.
@@ -221,7 +162,7 @@ def test_run_heartbeats_while_the_child_lives_and_forwards_sigterm(
     assert process.poll() is None and real_store.count() == 1
     returncode, stderr = stop(process, signal.SIGTERM)  # passed on to the child
     assert returncode == 128 + signal.SIGTERM
-    assert stderr == "timerctl: command killed by SIGTERM\n"
+    assert stderr == "Error: command killed by SIGTERM\n"
     assert real_store.count() == 0
     assert [e.type for e in real_store.events()] == []
 

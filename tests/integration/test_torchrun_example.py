@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow, pytest.mark.timeout(120)]
 pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[torch]'); the torchrun example needs it")
 
 from timer_redis import TimerStore  # noqa: E402

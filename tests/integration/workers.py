@@ -92,3 +92,16 @@ def count_terms_with_two_timers(url: str, ready: Any, quiet_period: float) -> No
         time.sleep(0.01)
     time.sleep(quiet_period)  # a second signal, if any, would arrive now
     os._exit(len(received))
+
+
+def hang_signed(url: str, secret: bytes, after: float, namespace: str = "test") -> None:
+    """Hang in a block of a client that signs its timers with ``secret``."""
+    timer.configure(timer.RedisTimerClient(url=url, namespace=namespace, secret=secret))
+    with timer.expires(after=after):
+        time.sleep(60)
+
+
+def sleep_forever(ready: Any) -> None:
+    """A process that holds no timer: a forged order's target."""
+    ready.set()
+    time.sleep(60)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -21,6 +23,8 @@ from tests.helpers import wait_for
 from timer_redis import Owner, TimerStore, Watchdog
 from timer_redis.keys import timer_member
 
+# timerctl's one time format: local time with milliseconds.
+TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}"
 NO_ENV = {"TIMER_REDIS_URL": None, "TIMER_REDIS_NAMESPACE": None, "TIMER_REDIS_NODE": None}
 
 
@@ -76,7 +80,7 @@ def test_every_command_has_help_with_an_example(command: str) -> None:
     result = invoke(None, command, "--help")
     assert result.exit_code == 0
     assert "Example" in result.output
-    assert f"timerctl {command}" in result.output or command == "status"
+    assert f"timerctl {command}" in result.output
 
 
 def test_version() -> None:
@@ -166,7 +170,8 @@ def test_release(store: TimerStore, me: str) -> None:
     assert store.count() == 0
     again = invoke(store, "release", "step", "--worker", me)
     assert again.exit_code == EXIT_NOT_FOUND
-    assert again.stderr == f"Error: no timer '{me}|step' in namespace 'test'\n"
+    assert again.stderr.startswith(f"Error: no timer 'step' of pid {os.getpid()} (")
+    assert again.stderr.endswith(") in namespace 'test'\n")
     ok = invoke(store, "release", "step", "--worker", me, "--missing-ok", "--json")
     assert json_out(ok) == {"id": f"{me}|step", "worker": me, "scope_id": "step", "released": False}
 
@@ -215,6 +220,7 @@ def test_list_json_and_filters(store: TimerStore, three_workers: list[str]) -> N
     first = data["timers"][0]
     assert set(first) == {
         "id", "worker", "node", "pid", "start_time", "scope_id", "deadline_ms", "acquired_ms", "signal", "remaining_ms",
+        "kill_after_ms", "group", "signed",
     }  # fmt: skip
     assert first["remaining_ms"] == first["deadline_ms"] - data["now_ms"]
 
@@ -226,6 +232,45 @@ def test_list_json_and_filters(store: TimerStore, three_workers: list[str]) -> N
     assert scopes("--within", "10s") == ["early", "soon"]
     assert scopes("--limit", "1") == ["early"]
     assert scopes("--due") == []
+
+
+def test_list_wide_shows_the_worker_id_that_other_commands_take(store: TimerStore, three_workers: list[str]) -> None:
+    header, *rows = invoke(store, "list", "--wide").stdout.splitlines()
+    assert header.split() == ["LEFT", "DEADLINE", "NODE", "PID", "SIGNAL", "WORKER", "SCOPE"]
+    workers = [row.split()[6] for row in rows]
+    assert workers == [three_workers[0], three_workers[1], three_workers[2], three_workers[0]]
+    assert re.fullmatch(TIME, " ".join(rows[0].split()[1:3]))
+    assert invoke(store, "clear", "--worker", workers[1]).exit_code == 0
+    assert store.count() == 3
+
+
+def test_list_filters_by_scope_and_pid(store: TimerStore, three_workers: list[str]) -> None:
+    def scopes(*args: str) -> list[str]:
+        return [t["scope_id"] for t in json_out(invoke(store, "list", "--json", *args))["timers"]]
+
+    assert scopes("--scope", "late") == ["late"]
+    assert scopes("--scope", "mid*") == ["middle"]
+    assert scopes("--scope", "[ls]*") == ["soon", "late"]
+    assert scopes("--pid", "101") == ["early", "late"]
+    assert scopes("--pid", "101", "--limit", "1") == ["early"]
+    assert scopes("--pid", "101", "--scope", "l*") == ["late"]
+
+
+def test_empty_results_and_unknown_filter_values_say_so(store: TimerStore, three_workers: list[str]) -> None:
+    nothing = invoke(store, "list", "--node", "nosuch")
+    assert nothing.exit_code == 0 and nothing.stdout == ""
+    assert nothing.stderr == (
+        f"no timers match --node nosuch (4 timers in namespace 'test' at {store.url}; nodes with timers: node-a, "
+        "node-b)\n"
+    )
+    assert invoke(store, "list", "--scope", "x*", "--due").stderr.startswith(
+        "no timers match --scope x* --due (4 timers"
+    )
+    store.release_worker(three_workers[0])
+    store.release_worker(three_workers[1])
+    store.release_worker(three_workers[2])
+    empty = invoke(store, "list")
+    assert empty.stdout == "" and empty.stderr == f"no timers in namespace 'test' at {store.url}\n"
 
 
 def test_show_by_id_or_by_worker_and_scope(store: TimerStore, me: str) -> None:
@@ -240,9 +285,9 @@ def test_show_by_id_or_by_worker_and_scope(store: TimerStore, me: str) -> None:
 
 def test_show_unknown_or_malformed(store: TimerStore, me: str) -> None:
     unknown = invoke(store, "show", f"{me}|nope")
-    assert unknown.exit_code == EXIT_NOT_FOUND and "nope" in unknown.stderr
-    malformed = invoke(store, "show", "just-a-word")
-    assert malformed.exit_code == EXIT_INVALID and "worker|scope" in malformed.stderr
+    assert unknown.exit_code == EXIT_NOT_FOUND and "no timer 'nope'" in unknown.stderr
+    malformed = invoke(store, "show", "not-a-worker", "step")
+    assert malformed.exit_code == EXIT_INVALID and "worker id must look like" in malformed.stderr
 
 
 def test_clear_a_worker_or_everything(store: TimerStore, three_workers: list[str]) -> None:
@@ -253,7 +298,7 @@ def test_clear_a_worker_or_everything(store: TimerStore, three_workers: list[str
     refused = invoke(store, "clear", "--all")
     assert refused.exit_code == EXIT_INVALID and "--yes" in refused.stderr
     assert store.count() == 2
-    assert invoke(store, "clear", "--all", "--yes").stdout == "cleared 2 timer(s) of 2 worker(s)\n"
+    assert invoke(store, "clear", "--all", "--yes").stdout == "cleared 2 timers of 2 workers\n"
     assert store.count() == 0
     released = [e for e in store.events() if e.type == "released"]
     assert [e.fields["reason"] for e in released] == ["operator"] * 3
@@ -294,6 +339,7 @@ def test_watchdog_stops_cleanly_on_sigterm(store: TimerStore) -> None:
     assert result.exit_code == 0
     assert "SIGTERM received: stopping after the current pass" in result.stderr
     assert "stopped" in result.stderr
+    assert re.match(rf"{TIME} INFO timerctl: watchdog ", result.stderr), "log lines use the events' time format"
     assert store.replicas() == {}
 
 
@@ -303,13 +349,13 @@ def test_events_show_the_audit_trail(store: TimerStore, sleeper: subprocess.Pope
     wait_for(lambda: store.server_time_ms() > (deadline or 0), what="the deadline")
     invoke(store, "watchdog", "--once")
     lines = invoke(store, "events").stdout.splitlines()
-    assert [line.split()[1] for line in lines] == ["expired", "delivered"]
-    assert f"worker={worker}" in lines[1] and f"detail='sent SIGKILL to pid {sleeper.pid}'" in lines[1]
+    assert [line.split()[2] for line in lines] == ["expired", "delivered"]
+    assert f"pid {sleeper.pid} on {Owner.current().node}  hung: sent SIGKILL to pid {sleeper.pid} (lag " in lines[1]
     rows = [json.loads(line) for line in invoke(store, "events", "--json").stdout.splitlines()]
     assert [r["type"] for r in rows] == ["expired", "delivered"]
     assert rows[1]["worker"] == worker and rows[1]["time_ms"] == int(rows[1]["id"].split("-")[0])
     only = invoke(store, "events", "--type", "delivered", "-n", "5").stdout.splitlines()
-    assert len(only) == 1 and "delivered" in only[0]
+    assert len(only) == 1 and " delivered " in only[0]
     assert invoke(store, "events", "-n", "1").stdout.count("\n") == 1
 
 
@@ -325,6 +371,92 @@ def test_events_follow_prints_new_events_only(store: TimerStore, me: str) -> Non
     result = invoke(store, "events", "-n", "0", "--follow", "--max-events", "1", "--json")
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["reason"] for r in rows] == ["after"]
+
+
+def test_events_read_like_the_demo_lines_in_local_time(store: TimerStore, sleeper: subprocess.Popen[bytes]) -> None:
+    deadline = store.acquire(Owner.of_pid(sleeper.pid), "step 2/3", 0.01) or 0
+    wait_for(lambda: store.server_time_ms() > deadline, what="the deadline")
+    Watchdog(store=store).run_once()
+    store.acquire("node-b:5:1", "a", 30)
+    store.release_worker("node-b:5:1", reason="operator")
+    expired, delivered, released = invoke(store, "events").stdout.splitlines()
+    node = Owner.current().node
+    assert re.fullmatch(
+        rf"{TIME}  expired       pid {sleeper.pid} on {node}  step 2/3: claimed \d+ ms after its deadline", expired
+    )
+    sent = rf"sent SIGKILL to pid {sleeper.pid} \(lag \d+ ms\)"
+    assert re.fullmatch(rf"{TIME}  delivered     pid {sleeper.pid} on {node}  step 2/3: {sent}", delivered)
+    assert re.fullmatch(rf"{TIME}  released      pid 5 on node-b  1 timer cleared \(reason: operator\)", released)
+    first = datetime.fromtimestamp(store.events()[0].time_ms / 1000)  # local time, like the log lines
+    assert expired.startswith(first.strftime("%Y-%m-%d %H:%M:%S."))
+
+
+def test_events_json_numbers_are_numbers(store: TimerStore, sleeper: subprocess.Popen[bytes]) -> None:
+    deadline = store.acquire(Owner.of_pid(sleeper.pid), "hung", 0.01) or 0
+    wait_for(lambda: store.server_time_ms() > deadline, what="the deadline")
+    Watchdog(store=store).run_once()
+    expired, delivered = [json.loads(line) for line in invoke(store, "events", "--json").stdout.splitlines()]
+    assert delivered["pid"] == sleeper.pid and delivered["signal"] == 9 and isinstance(delivered["lag_ms"], int)
+    assert isinstance(expired["deadline_ms"], int) and isinstance(expired["claimed_ms"], int)
+    assert isinstance(delivered["worker"], str) and isinstance(delivered["scope_id"], str)
+
+
+def test_events_of_an_unknown_type_or_none_say_so(store: TimerStore, me: str) -> None:
+    empty = invoke(store, "events")
+    assert empty.exit_code == 0 and empty.stderr == "no events yet in namespace 'test'\n"
+    bogus = invoke(store, "events", "--type", "bogus")
+    assert bogus.exit_code == EXIT_INVALID
+    assert bogus.stderr.startswith("Error: unknown event type 'bogus'; known types: expired, delivered, owner-gone")
+    store.acquire(me, "a", 30)
+    store.release_worker(me, reason="x")
+    none = invoke(store, "events", "--type", "delivered")
+    assert none.stdout == "" and none.stderr == "no delivered events among the last 1 event in namespace 'test'\n"
+
+
+def test_json_numbers_are_numbers_in_every_command(store: TimerStore, three_workers: list[str], me: str) -> None:
+    store.heartbeat("replica-1", "node-a")
+    store.acquire(me, "mine", 30)
+    store.release_worker(three_workers[2], reason="operator")
+    outputs = [
+        invoke(store, "list", "--json").stdout,
+        invoke(store, "show", f"{me}|mine", "--json").stdout,
+        invoke(store, "stats", "--json").stdout,
+        invoke(store, "events", "--json").stdout,
+        invoke(store, "extend", "mine", "--ttl", "5", "--worker", me, "--json").stdout,
+        invoke(store, "acquire", "more", "--ttl", "5", "--pid", str(os.getpid()), "--json").stdout,
+        invoke(store, "watchdog", "--once", "--json").stdout,
+    ]
+
+    def strings(value: Any) -> list[str]:
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    for output in outputs:
+        for line in output.splitlines():
+            numeric = [text for text in strings(json.loads(line)) if re.fullmatch(r"-?\d+(\.\d+)?", text)]
+            assert numeric == [], f"numbers as strings in {line}"
+
+
+def test_stats_warns_about_live_timers_no_replica_will_signal(store: TimerStore, three_workers: list[str]) -> None:
+    store.heartbeat("replica-1", "node-a")
+    result = invoke(store, "stats")
+    assert result.stderr == (
+        "Warning: node node-b has 1 live timer and no live watchdog replica: nothing will signal its workers when "
+        "they expire; start `timerctl watchdog` there (TIMER_REDIS_NODE=node-b)\n"
+    )
+    assert json_out(invoke(store, "stats", "--json"))["unwatched_nodes"] == {"node-b": 1}
+    store.heartbeat("replica-2", "node-b")
+    assert invoke(store, "stats").stderr == ""
+
+
+def test_stats_says_overdue_for_a_past_deadline(store: TimerStore) -> None:
+    deadline = store.acquire("node-a:1:1", "late", 0.001) or 0
+    wait_for(lambda: store.server_time_ms() > deadline + 100, what="100 ms past the deadline")
+    line = next(x for x in invoke(store, "stats").stdout.splitlines() if x.startswith("next deadline"))
+    assert re.fullmatch(r"next deadline       overdue by \d+ms", line)
 
 
 def test_stats(store: TimerStore, three_workers: list[str]) -> None:
@@ -349,7 +481,7 @@ def test_run_passes_the_exit_code_through_and_releases(store: TimerStore) -> Non
 def test_run_a_hung_command_is_killed_and_reported(store: TimerStore, watchdog: Watchdog) -> None:
     result = invoke(store, "run", "--ttl", "0.3", "--", "sleep", "30")
     assert result.exit_code == 128 + signal.SIGKILL
-    assert result.stderr == "timerctl: timer 'run:sleep 30' expired after 300ms: a watchdog sent SIGKILL\n"
+    assert result.stderr == "Error: timer 'run:sleep 30' expired after 300ms: a watchdog sent SIGKILL\n"
     assert store.count() == 0
 
 

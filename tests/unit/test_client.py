@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
 import pytest
 
 import timer_redis as timer
+from tests.helpers import other_thread_id
 from timer_redis import InvalidArgumentError, RedisTimerClient, TimerStore, WrongTypeError
 from timer_redis.keys import Keys
 
@@ -90,3 +92,52 @@ def test_signal_is_recorded(store: TimerStore) -> None:
     client = RedisTimerClient(store=store, signal="TERM", strict=True)
     client.acquire("s", time.time() + 10)
     assert store.list()[0].signal == 15
+
+
+# -- guard rails: values that cannot be meant are refused, not obeyed with a SIGKILL -------------------------------
+
+
+@pytest.mark.parametrize("slip", [5, 5.0, 0, -1, 978_307_199, 999_999_999.0])
+def test_an_expiration_time_that_is_a_ttl_is_refused_and_says_what_to_pass(store: TimerStore, slip: float) -> None:
+    client = RedisTimerClient(store=store, strict=True)
+    with pytest.raises(InvalidArgumentError, match=r"time\.time\(\) \+ ") as error:
+        client.acquire("x", slip)
+    assert repr(slip) in str(error.value)
+    assert store.count() == 0
+
+
+def test_a_whole_second_after_2001_and_a_real_deadline_are_accepted(store: TimerStore) -> None:
+    client = RedisTimerClient(store=store, strict=True)
+    client.acquire("since-2001", 978_307_200)  # long past, but a moment someone could mean: due at once
+    client.acquire("later", time.time() + 30)
+    assert sorted(t.scope_id for t in store.list()) == ["later", "since-2001"]
+
+
+def test_a_clock_that_is_not_a_wall_clock_makes_small_times_plausible(store: TimerStore) -> None:
+    client = RedisTimerClient(store=store, strict=True, clock=lambda: 100.0)
+    client.acquire("s", 105.0)
+    (info,) = store.list()
+    assert info.acquired_ms is not None and 4_900 <= info.deadline_ms - info.acquired_ms <= 5_000
+
+
+def test_the_asyncio_client_has_the_same_guard() -> None:
+    from timer_redis import asyncio as atimer
+
+    async def slip() -> None:
+        client = atimer.AsyncRedisTimerClient(url="redis://127.0.0.1:1/0", namespace="test")
+        try:
+            await client.acquire("x", 5)  # refused before any connection is made
+        finally:
+            await client.aclose()
+
+    with pytest.raises(InvalidArgumentError, match=r"time\.time\(\) \+ 5"):
+        asyncio.run(slip())
+
+
+def test_pids_a_watchdog_would_refuse_are_refused_at_construction(store: TimerStore) -> None:
+    with pytest.raises(InvalidArgumentError, match="pid 1"):
+        RedisTimerClient(store=store, pid=1)
+    with other_thread_id() as thread_id, pytest.raises(InvalidArgumentError) as refused:
+        RedisTimerClient(store=store, pid=thread_id)
+    assert f"pid {thread_id} is a thread of process {os.getpid()}" in str(refused.value)
+    assert RedisTimerClient(store=store, pid=os.getpid()).worker_id() == RedisTimerClient(store=store).worker_id()

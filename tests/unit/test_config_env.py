@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,8 +14,11 @@ import fakeredis
 import pytest
 
 import timer_redis as timer
-from timer_redis import InvalidArgumentError, TimerStore
+from timer_redis import InvalidArgumentError, TimerStore, config
 from timer_redis.settings import TimerSettings
+
+# Several tests configure without TIMER_REDIS_URL on purpose; the warning that gives has tests of its own below.
+pytestmark = pytest.mark.filterwarnings("ignore:TIMER_REDIS_URL is not set")
 
 
 @pytest.fixture(autouse=True)
@@ -95,6 +99,36 @@ def test_a_bad_variable_raises_and_configures_nothing(name: str, value: str) -> 
     with pytest.raises(InvalidArgumentError):
         timer.configure_from_env({name: value}, torch=False)
     assert timer.get_default_client() is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("TIMER_REDIS_SIGNAL", "NOPE"), ("TIMER_REDIS_NODE", "has:colon"), ("TIMER_REDIS_URL", "ftp://nowhere")],
+)
+def test_the_error_names_the_variable(name: str, value: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=f"^{name}: "):
+        timer.configure_from_env({name: value}, torch=False)
+
+
+def test_the_default_url_is_warned_about_once_per_process(
+    fake_stores: list[tuple[str, TimerStore]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(config, "_warned_default_url", False)
+    with pytest.warns(UserWarning, match="TIMER_REDIS_URL is not set: timer_redis uses redis://localhost:6379/0"):
+        timer.configure_from_env({}, torch=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second warning would raise here
+        timer.configure_from_env({}, torch=False)
+        timer.configure_from_env({"TIMER_REDIS_URL": "redis://h:1/0"}, torch=False)
+
+
+def test_no_warning_when_the_url_is_set(
+    fake_stores: list[tuple[str, TimerStore]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(config, "_warned_default_url", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        timer.configure_from_env({"TIMER_REDIS_URL": "redis://h:1/0"}, torch=False)
 
 
 def test_a_password_in_the_url_is_masked() -> None:

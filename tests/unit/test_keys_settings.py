@@ -69,6 +69,36 @@ def test_settings_from_env() -> None:
         TimerSettings.from_env({"TIMER_REDIS_MAX_INTERVAL": "soon"})
 
 
+def test_max_interval_from_env_is_a_duration_like_every_other() -> None:
+    assert TimerSettings.from_env({"TIMER_REDIS_MAX_INTERVAL": "500ms"}).max_interval == 0.5
+    assert TimerSettings.from_env({"TIMER_REDIS_MAX_INTERVAL": "1m30s"}).max_interval == 90
+    with pytest.raises(InvalidArgumentError) as error:
+        TimerSettings.from_env({"TIMER_REDIS_MAX_INTERVAL": "2x"})
+    assert str(error.value) == (
+        "TIMER_REDIS_MAX_INTERVAL must be a duration > 0 like 30, 1.5, 500ms, 1m30s, 2h00m or 1d, got '2x'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("TIMER_REDIS_SIGNAL", "bogus", "TIMER_REDIS_SIGNAL: unknown signal 'bogus'"),
+        ("TIMER_REDIS_NAMESPACE", "a b", "TIMER_REDIS_NAMESPACE: namespace 'a b' may hold only"),
+        ("TIMER_REDIS_NODE", "has:colon", "TIMER_REDIS_NODE: node must be"),
+    ],
+)
+def test_a_bad_variable_is_named_in_the_error(variable: str, value: str, message: str) -> None:
+    with pytest.raises(InvalidArgumentError) as error:
+        TimerSettings.from_env({variable: value})
+    assert str(error.value).startswith(message)
+
+
+def test_a_variable_that_an_argument_overrides_is_not_read() -> None:
+    settings = TimerSettings.from_env({"TIMER_REDIS_SIGNAL": "bogus", "TIMER_REDIS_NAMESPACE": "a b"}, signal="TERM",
+                                      namespace="ok")  # fmt: skip
+    assert (settings.signal, settings.namespace) == (15, "ok")
+
+
 def test_url_from_env() -> None:
     assert url_from_env(None, {}) == "redis://localhost:6379/0"
     assert url_from_env(None, {"TIMER_REDIS_URL": "redis://h:1/2"}) == "redis://h:1/2"

@@ -86,7 +86,30 @@ def test_a_failed_pass_counts_the_error_class(store: TimerStore) -> None:
 
 def test_live_timers_is_nan_while_redis_is_unreachable() -> None:
     store = TimerStore.from_url("redis://127.0.0.1:1/0", "test")
-    assert math.isnan(value(WatchdogMetrics(store), "timer_redis_live_timers"))
+    metrics = WatchdogMetrics(store)
+    for gauge in ("live_timers", "due_timers", "stuck_nodes"):
+        assert math.isnan(value(metrics, f"timer_redis_{gauge}"))
+    assert not any(name == "timer_redis_pending_deliveries" for name, _ in samples(metrics))
+
+
+def test_due_pending_and_stuck_gauges_follow_the_namespace(store: TimerStore) -> None:
+    metrics = WatchdogMetrics(store)
+    assert (value(metrics, "timer_redis_due_timers"), value(metrics, "timer_redis_stuck_nodes")) == (0, 0)
+    store.acquire(Owner("node-a", 100, 1), "later", 60)
+    deadline = 0
+    for pid in (101, 102):
+        deadline = store.acquire(Owner("node-b", pid, 1), "s", 0.001) or 0
+    wait_until_due(store, deadline)
+    assert value(metrics, "timer_redis_live_timers") == 3
+    assert value(metrics, "timer_redis_due_timers") == 2
+    assert value(metrics, "timer_redis_stuck_nodes") == 1, "node-b has due timers and no replica"
+    store.claim_expired(10)  # claimed by a replica elsewhere; node-b has nobody to deliver
+    assert value(metrics, "timer_redis_due_timers") == 0
+    assert value(metrics, "timer_redis_pending_deliveries", node="node-b") == 2
+    assert value(metrics, "timer_redis_stuck_nodes") == 1
+    Watchdog(store=store, node="node-b", deliverer=by_outcome).run_once()
+    assert value(metrics, "timer_redis_pending_deliveries", node="node-b") == 0
+    assert value(metrics, "timer_redis_stuck_nodes") == 0
 
 
 def test_takeovers_are_counted(store: TimerStore) -> None:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tests.helpers import snapshot, wait_until_due
+from tests.helpers import read_orders, snapshot, wait_until_due
 from timer_redis import InvalidArgumentError, Owner, TimerStore, WrongTypeError
 from timer_redis.keys import Keys
 
@@ -89,19 +89,19 @@ def test_one_expired_timer_reaps_the_worker_once_and_clears_all_its_timers(store
     assert [t.worker for t in store.list()] == [BOB.worker_id]
     assert store.claim_expired(100, "r2").claimed == [], "a timer is claimed once"
     store.ensure_delivery_group("node-a")
-    orders = store.read_deliveries("node-a", "c1", 10)
+    orders = read_orders(store, "node-a", "c1")
     assert [(o.pid, o.start_time, o.signal, o.scope_id) for o in orders] == [(101, 5001, 9, "expired")]
     assert store.read_deliveries("node-b", "c1", 10) == [], "orders go to the owner's node only"
 
 
-def test_two_due_timers_of_one_worker_give_one_order(store: TimerStore) -> None:
-    store.acquire(ALICE, "one", 0.001)
-    deadline = store.acquire(ALICE, "two", 0.002, signal="TERM")
+def test_two_due_timers_of_one_worker_give_one_order_with_the_first_ones_signal(store: TimerStore) -> None:
+    store.acquire(ALICE, "one", 0.001, signal="TERM")
+    deadline = store.acquire(ALICE, "two", 0.002, signal="KILL")
     wait_until_due(store, deadline)  # type: ignore[arg-type]
     assert len(store.claim_expired(100, "r1").claimed) == 1
     store.ensure_delivery_group("node-a")
-    orders = store.read_deliveries("node-a", "c1", 10)
-    assert len(orders) == 1 and orders[0].signal == 15
+    orders = read_orders(store, "node-a", "c1")
+    assert [(o.scope_id, o.signal) for o in orders] == [("one", 15)], "each timer keeps the signal it was given"
     assert store.count() == 0
 
 
@@ -170,7 +170,7 @@ def test_bad_namespace_is_refused(fake_redis: object, namespace: str) -> None:
 def test_a_key_of_the_wrong_type_is_named_and_nothing_changes(store: TimerStore, which: str) -> None:
     keys = Keys("test")
     key = {"deadlines": keys.deadlines, "worker": keys.worker(ALICE.worker_id), "events": keys.events}[which]
-    store.redis.set(key, "somebody else's string")
+    store.redis.hset(key, "field", "somebody else's hash")  # every key of ours is a zset, a string or a stream
     before = snapshot(store.redis)
     with pytest.raises(WrongTypeError, match=key.replace("{", r"\{").replace("}", r"\}")):
         if which == "events":
@@ -183,7 +183,7 @@ def test_a_key_of_the_wrong_type_is_named_and_nothing_changes(store: TimerStore,
 def test_wrong_type_on_reads_is_our_error(store: TimerStore) -> None:
     store.redis.set(Keys("test").deadlines, "x")
     with pytest.raises(WrongTypeError, match="deadlines"):
-        store.count()
+        store.workers()
     with pytest.raises(WrongTypeError):
         store.list()
 

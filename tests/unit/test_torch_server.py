@@ -2,7 +2,8 @@
 
 Mirrors what torch's LocalTimerServer tests check (expired timers reap the worker and clear all of its timers,
 acquire then release leaves nothing, valid timers stay, an empty queue is fine), with a recording deliverer in
-place of os.kill.
+place of os.kill; then what a torch user could notice: a bad request in a batch, requests still queued at stop(),
+and torch's reaping template for a server whose template steps are replaced.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
+import fakeredis
 import pytest
 
 pytestmark = pytest.mark.torch
@@ -25,9 +28,23 @@ from torch.distributed.elastic.timer import api as torch_api  # noqa: E402
 from torch.distributed.elastic.timer.file_based_local_timer import FileTimerRequest  # noqa: E402
 
 import timer_redis  # noqa: E402
-from tests.helpers import wait_for  # noqa: E402
-from timer_redis import DeliveryOrder, DeliveryResult, InvalidArgumentError, Outcome, Owner, TimerStore  # noqa: E402
-from timer_redis.torch import RedisRequestQueue, RedisTimerClient, RedisTimerServer  # noqa: E402
+from tests.helpers import wait_for, wait_until_due  # noqa: E402
+from timer_redis import (  # noqa: E402
+    DeliveryOrder,
+    DeliveryResult,
+    InvalidArgumentError,
+    Outcome,
+    Owner,
+    StoreUnavailableError,
+    TimerSettings,
+    TimerStore,
+)
+from timer_redis.torch import (  # noqa: E402
+    RedisRequestQueue,
+    RedisTimerClient,
+    RedisTimerServer,
+    RejectedRequestsError,
+)
 
 NODE = "node-a"
 DEAD_PID = 4_000_000  # above pid_max: never a live process
@@ -318,3 +335,179 @@ def test_stop_without_start_touches_nothing() -> None:
 def test_a_bad_node_is_refused(store: TimerStore) -> None:
     with pytest.raises(InvalidArgumentError, match="node"):
         RedisTimerServer(store=store, node="a:b")
+
+
+# -- a bad request in a batch, and requests still queued at stop() --------------------------------------------------
+
+
+def test_a_bad_request_is_refused_and_the_ones_after_it_are_applied(
+    server: RedisTimerServer, store: TimerStore
+) -> None:
+    bad = valid(None, "bad")
+    with pytest.raises(RejectedRequestsError, match="2 timer request") as raised:
+        server.register_timers([valid(worker(3), "a"), bad, "not a request", valid(worker(4), "b")])  # type: ignore[list-item]
+    assert isinstance(raised.value, InvalidArgumentError)
+    assert [request for request, _ in raised.value.rejected] == [bad, "not a request"]
+    assert "worker id" in str(raised.value.rejected[0][1]) and "not a TimerRequest" in str(raised.value.rejected[1][1])
+    assert timers(store) == {(worker(3), "a"), (worker(4), "b")}
+
+
+def test_a_bad_request_from_the_queue_is_kept_for_the_caller_and_the_rest_applied(
+    store: TimerStore, recorder: Recorder
+) -> None:
+    mp_queue = multiprocessing.get_context("fork").Queue()
+    server = RedisTimerServer(mp_queue, max_interval=0.5, store=store, node=NODE, deliverer=recorder)
+    bad = valid(worker(3), "")  # an empty scope
+    for request in (valid(worker(3), "a"), bad, release(worker(3), "a")):
+        mp_queue.put(request)
+    wait_for(lambda: mp_queue.qsize() == 3, what="the requests on the queue")
+    server._run_watchdog()
+    assert store.count() == 0, "the release after the bad request was applied"
+    ((request, error),) = server.rejected_requests
+    assert request == bad and "scope" in str(error)
+
+
+def test_stop_applies_what_is_still_queued_even_without_start(store: TimerStore, recorder: Recorder) -> None:
+    mp_queue = multiprocessing.get_context("fork").Queue()
+    server = RedisTimerServer(mp_queue, max_interval=0.5, store=store, node=NODE, deliverer=recorder)
+    local_client = torch_timer.LocalTimerClient(mp_queue)
+    local_client.acquire("kept", time.time() + 30)
+    local_client.acquire("released", time.time() + 30)
+    local_client.release("released")
+    server.stop()
+    assert mp_queue.qsize() == 0
+    assert [t.scope_id for t in store.list()] == ["kept"], "applied in order: an acquire stays, a release wins"
+
+
+def test_stop_is_prompt_with_torchs_default_max_interval(store: TimerStore, recorder: Recorder) -> None:
+    mp_queue = multiprocessing.get_context("fork").Queue()
+    server = RedisTimerServer(mp_queue, max_interval=60, store=store, node=NODE, deliverer=recorder)
+    server.start()
+    torch_timer.LocalTimerClient(mp_queue).acquire("s", time.time() + 30)
+    wait_for(lambda: store.count() == 1, what="the queue thread to move the request")
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 2, "neither thread waits out a 60 s max_interval"
+
+
+def test_requests_taken_during_an_outage_are_kept_and_applied_in_order(recorder: Recorder) -> None:
+    fake_server = fakeredis.FakeServer()
+    store = TimerStore(fakeredis.FakeRedis(server=fake_server), "test")
+    mp_queue = multiprocessing.get_context("fork").Queue()
+    server = RedisTimerServer(mp_queue, max_interval=0.5, store=store, node=NODE, deliverer=recorder)
+    mp_queue.put(valid(worker(3), "a"))
+    mp_queue.put(release(worker(3), "a"))
+    mp_queue.put(valid(worker(3), "b"))
+    wait_for(lambda: mp_queue.qsize() == 3, what="the requests on the queue")
+    fake_server.connected = False
+    with pytest.raises(StoreUnavailableError):
+        server._register_from_queue(0.5)
+    server.stop()  # Redis still down: logged, the requests are kept
+    assert mp_queue.qsize() == 0
+    fake_server.connected = True
+    server.stop()
+    assert timers(store) == {(worker(3), "b")}
+
+
+# -- torch's template --------------------------------------------------------------------------------------------
+
+
+class TemplateServer(RedisTimerServer):
+    """Records every template step; ``_reap_worker`` answers from ``answers`` (default True) without signalling."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple[str, Any]] = []
+        self.answers: dict[str, Any] = {}
+
+    def get_expired_timers(self, deadline: float) -> dict[str, list[torch_api.TimerRequest]]:
+        found = super().get_expired_timers(deadline)
+        self.calls.append(("get_expired_timers", {w: [r.scope_id for r in rs] for w, rs in found.items()}))
+        return found
+
+    def _reap_worker(self, worker_id: Any) -> bool:
+        self.calls.append(("_reap_worker", worker_id))
+        answer = self.answers.get(worker_id, True)
+        if isinstance(answer, Exception):
+            raise answer
+        return bool(answer)
+
+    def clear_timers(self, worker_ids: set[Any]) -> None:
+        self.calls.append(("clear_timers", set(worker_ids)))
+        super().clear_timers(worker_ids)
+
+
+def due(store: TimerStore, *workers: str) -> None:
+    deadlines = [store.acquire(w, "due", 0.001) for w in workers]
+    wait_until_due(store, max(d or 0 for d in deadlines))
+
+
+def test_a_plain_server_takes_the_fast_path_and_a_replaced_step_the_template(store: TimerStore) -> None:
+    plain = RedisTimerServer(store=store, node=NODE)
+    assert not plain.follows_template
+    assert TemplateServer(store=store, node=NODE).follows_template
+    for step in ("get_expired_timers", "_reap_worker", "clear_timers"):
+        with mock.patch.object(plain, step, wraps=getattr(plain, step)):
+            assert plain.follows_template, f"an instance mock of {step}"
+        with mock.patch.object(RedisTimerServer, step):  # torch's api_test patches the class
+            assert RedisTimerServer(store=store, node=NODE).follows_template
+    assert not plain.follows_template
+
+
+def test_the_template_runs_its_steps_in_torchs_order_on_what_was_claimed(store: TimerStore) -> None:
+    server = TemplateServer(store=store, node=NODE, deliverer=Recorder())
+    store.acquire(worker(3), "later", 60)
+    due(store, worker(3), worker(4))
+    server._run_watchdog()
+    claimed = {worker(3): ["due"], worker(4): ["due"]}
+    assert server.calls[0] == ("get_expired_timers", claimed)
+    assert sorted(w for step, w in server.calls[1:3] if step == "_reap_worker") == [worker(3), worker(4)]
+    assert server.calls[3:] == [("clear_timers", {worker(3), worker(4)})]
+    assert store.count() == 0, "the claim took every timer of both workers"
+    assert [(e.type, e.fields["detail"]) for e in store.events() if e.type != "expired"] == [
+        ("delivered", "reaped by TemplateServer._reap_worker")
+    ] * 2
+    server.calls.clear()
+    server._run_watchdog()
+    assert server.calls == [("get_expired_timers", {}), ("clear_timers", set())], "each worker reaped once"
+
+
+def test_a_worker_not_reaped_is_offered_again_after_the_lease(fake_redis: Any) -> None:
+    store = TimerStore(fake_redis, "test", settings=TimerSettings(namespace="test", lease=0.05))
+    server = TemplateServer(store=store, node=NODE)
+    server.answers = {worker(3): False, worker(4): RuntimeError("boom")}
+    due(store, worker(3), worker(4))
+    server._run_watchdog()
+    assert ("clear_timers", {worker(4)}) in server.calls, "a raising _reap_worker counts as reaped, as in torch"
+    server.answers = {}
+    server.calls.clear()
+
+    def reaped_again() -> bool:
+        server._run_watchdog()
+        return ("_reap_worker", worker(3)) in server.calls
+
+    wait_for(reaped_again, what="the unreaped worker to be offered again")
+    assert ("_reap_worker", worker(4)) not in server.calls
+    assert [e.fields["worker"] for e in store.events() if e.type == "delivered"] == [worker(4), worker(3)]
+
+
+def test_our_reap_worker_in_the_template_signals_with_the_claimed_timers_signal(store: TimerStore) -> None:
+    class ClearingServer(RedisTimerServer):
+        def clear_timers(self, worker_ids: set[Any]) -> None:
+            super().clear_timers(worker_ids)
+
+    recorder = Recorder(Outcome.OWNER_GONE)
+    server = ClearingServer(store=store, node=NODE, deliverer=recorder)
+    deadline = store.acquire(worker(3), "s", 0.001, signal="TERM")
+    wait_until_due(store, deadline or 0)
+    server._run_watchdog()
+    (order,) = recorder.orders
+    assert (order.worker, order.scope_id, order.signal) == (worker(3), "s", signal.SIGTERM) and order.entry_id
+    assert [e.type for e in store.events()] == ["expired", "owner-gone"]
+
+
+def test_outside_a_pass_get_expired_timers_still_only_reads(store: TimerStore) -> None:
+    server = TemplateServer(store=store, node=NODE)
+    due(store, worker(3))
+    assert list(server.get_expired_timers(time.time())) == [worker(3)]
+    assert store.count() == 1 and server.calls == [("get_expired_timers", {worker(3): ["due"]})]

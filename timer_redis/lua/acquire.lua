@@ -1,46 +1,81 @@
--- acquire.lua: set (or replace) one timer's deadline to server TIME + ttl, and wake the watchdogs if it is the new earliest.
--- KEYS[1] deadlines  zset  member = worker|scope_id (keys.py), score = deadline ms on the server clock
--- KEYS[2] worker     hash  scope_id -> acquired-at ms; field "" -> signal number of the owning worker
--- ARGV[1] worker     worker id "node:pid:start" (keys.py)
--- ARGV[2] scope_id   non-empty string
--- ARGV[3] ttl_ms     int > 0, milliseconds from now on the server clock
--- ARGV[4] signal     int > 0, sent to the worker when any of its timers expires
--- ARGV[5] wake       pub/sub channel the watchdogs sleep on
+-- acquire.lua: set (or replace) one timer of a worker, and wake the watchdogs if it is the new earliest deadline.
+-- KEYS[1] deadlines  zset    member = worker id, score = that worker's earliest deadline (ms, server clock)
+-- KEYS[2] worker     string  the worker's record (records.py): one line per timer
+-- KEYS[3] count      string  how many timers the namespace holds
+-- ARGV[1] worker       worker id "node:pid:start" (keys.py)
+-- ARGV[2] signal       int >= 1, sent to the worker when the timer expires
+-- ARGV[3] dump_signal  int >= 1, asks the worker for a stack dump before the signal; "" = none
+-- ARGV[4] group        the worker's group (no whitespace); "" = none
+-- ARGV[5] wake         pub/sub channel the watchdogs sleep on
+-- ARGV[6] max_timers   int >= 1, most timers one worker may hold
+-- ARGV[7] scope_id     non-empty, no tab or newline
+-- ARGV[8] ttl_ms       int >= 1
+-- ARGV[9] deadline_ms  int >= 0: 0 = server TIME + ttl_ms; otherwise the deadline itself (a signed timer: the
+--                      client signs the deadline it sends)
+-- ARGV[10] kill_after_ms  int >= 1, SIGKILL that long after the signal if the worker lives; "" = none
+-- ARGV[11] mac         MAC of the signed fields (signing.py); "" = unsigned
+--                      (ARGV 1-6 are the same for every call of one client: the fast path packs them once)
 -- Returns  {deadline_ms, is_earliest (1/0)}
--- Errors   "BAD_ARG <name> <value>" when an ARGV is malformed; "WRONGTYPE <key> <type>" when a key holds another type
+-- Errors   "BAD_ARG <name> <value>" when an ARGV is malformed or the worker holds max_timers already;
+--          "WRONGTYPE <key> <type>" when a key holds another type (nothing is changed then)
 -- Events   none; PUBLISH wake "deadline <ms>" when this deadline became the earliest
+--- @include "prelude"
 local deadlines_key = KEYS[1]
 local worker_key = KEYS[2]
+local count_key = KEYS[3]
 local worker = ARGV[1]
-local scope_id = ARGV[2]
-local ttl_ms = tonumber(ARGV[3])
-local signal = tonumber(ARGV[4])
+local signal = to_int(ARGV[2], 1)
+local dump_signal = ARGV[3]
+local group = ARGV[4]
 local wake_channel = ARGV[5]
+local max_timers = to_int(ARGV[6], 1)
+local scope_id = ARGV[7]
+local ttl_ms = to_int(ARGV[8], 1)
+local deadline_arg = to_int(ARGV[9], 0)
+local kill_after = ARGV[10]
+local mac = ARGV[11]
 
-if scope_id == '' then return redis.error_reply('BAD_ARG scope_id ' .. scope_id) end
-if not ttl_ms or ttl_ms < 1 or ttl_ms ~= ttl_ms or ttl_ms == math.huge then
-  return redis.error_reply('BAD_ARG ttl_ms ' .. ARGV[3])
-end
-if not signal or signal < 1 then return redis.error_reply('BAD_ARG signal ' .. ARGV[4]) end
--- No TYPE checks up front (they cost as much as the rest): a key of another type fails the first command on it,
--- and that command is a read (deadlines) or the first write (worker), so nothing has changed when it is reported.
-local earliest = redis.pcall('ZRANGE', deadlines_key, 0, 0, 'WITHSCORES')
-if earliest.err then
-  local found = redis.call('TYPE', deadlines_key)['ok']
-  return redis.error_reply('WRONGTYPE ' .. deadlines_key .. ' holds a ' .. found .. ', not a zset')
-end
-local time = redis.call('TIME')
-local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local stored = redis.pcall('HSET', worker_key, scope_id, now_ms, '', signal)
-if type(stored) == 'table' then
-  local found = redis.call('TYPE', worker_key)['ok']
-  return redis.error_reply('WRONGTYPE ' .. worker_key .. ' holds a ' .. found .. ', not a hash')
-end
-local deadline_ms = now_ms + math.floor(ttl_ms)
-redis.call('ZADD', deadlines_key, deadline_ms, worker .. '|' .. scope_id)
+if scope_id == '' or string.find(scope_id, '[\t\n]') then return bad_arg('scope_id', scope_id) end
+if not ttl_ms then return bad_arg('ttl_ms', ARGV[8]) end
+if not deadline_arg then return bad_arg('deadline_ms', ARGV[9]) end
+if not signal then return bad_arg('signal', ARGV[2]) end
+if kill_after ~= '' and not to_int(kill_after, 1) then return bad_arg('kill_after_ms', kill_after) end
+if dump_signal ~= '' and not to_int(dump_signal, 1) then return bad_arg('dump_signal', dump_signal) end
+if not is_token(group) then return bad_arg('group', group) end
+if not is_token(mac) then return bad_arg('mac', mac) end
+if not max_timers then return bad_arg('max_timers', ARGV[6]) end
 
-if earliest[2] == nil or deadline_ms < tonumber(earliest[2]) then
-  redis.call('PUBLISH', wake_channel, 'deadline ' .. string.format('%d', deadline_ms))
+-- No TYPE checks up front (they cost as much as the rest): the first command on each key checks it, and both
+-- are reads, so nothing has changed when a failure is reported.
+local earliest, failed = call_on('zset', deadlines_key, 'ZRANGE', 0, 0, 'WITHSCORES')
+if failed then return failed end
+local record, failed_read = call_on('string', worker_key, 'GET')
+if failed_read then return failed_read end
+
+local now = now_ms()
+local deadline_ms = deadline_arg > 0 and deadline_arg or now + ttl_ms
+local entries, malformed = parse_record(record)
+local lines = {}
+local replaced = false
+local worker_earliest = deadline_ms
+for _, entry in ipairs(entries) do
+  if entry.scope == scope_id then
+    replaced = true
+  else
+    lines[#lines + 1] = entry.line
+    if entry.deadline < worker_earliest then worker_earliest = entry.deadline end
+  end
+end
+if not replaced and #lines >= max_timers then
+  return bad_arg('timers', 'worker ' .. worker .. ' already holds ' .. #lines .. ' timers, the most allowed')
+end
+lines[#lines + 1] = entry_line(scope_id, deadline_ms, ttl_ms, signal, kill_after, dump_signal, group, mac)
+for _, line in ipairs(malformed) do lines[#lines + 1] = line end
+store_record(deadlines_key, worker_key, worker, lines, worker_earliest, now)
+if not replaced then adjust_count(count_key, 1) end
+
+if earliest[2] == nil or deadline_ms < score_value(earliest[2]) then
+  redis.call('PUBLISH', wake_channel, 'deadline ' .. int_text(deadline_ms))
   return {deadline_ms, 1}
 end
 return {deadline_ms, 0}

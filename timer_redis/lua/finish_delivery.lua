@@ -1,77 +1,76 @@
--- finish_delivery.lua: acknowledge a batch of delivery orders and record each outcome, once.
+-- finish_delivery.lua: acknowledge delivery orders and record each outcome, once: only the call that acknowledges
+-- an entry writes its events, so a repeat after a takeover writes nothing twice.
 -- KEYS[1] deliver    stream  the node's delivery orders, read through consumer group ARGV[1]
 -- KEYS[2] events     stream  audit trail, capped with MAXLEN ~
 -- ARGV[1] group      consumer group of the node's watchdogs
 -- ARGV[2] maxlen     int > 0, approximate cap of the events stream
--- ARGV[3] replica    id of the finishing replica, recorded in each event
--- ARGV[4..] orders   4 values per order: entry_id; "<outcome> <pid> <signal> <deadline_ms> <claimed_ms> <sent_ms>
---                    <worker> <claimer>" (outcome is the event type: delivered, owner-gone, refused, signal-failed;
---                    sent_ms "-" when no signal was sent; the claimer may be empty); scope_id; detail
--- Returns  a string of one character per order: "1" when this call acknowledged it, "0" when another replica
---          already had (no event is written then)
--- Errors   "BAD_ARG orders" when ARGV[4..] is not a whole number of orders; "WRONGTYPE <key> <type>"
--- Events   one outcome event per acknowledged order: type, worker, scope_id, pid, signal, deadline_ms, claimed_ms,
---          claimer, replica, detail, and sent_ms and lag_ms when a signal was sent
+-- ARGV[3..] entries  per stream entry: its id, k (int >= 0, how many events), then k events, each as
+--                    m (int >= 2, an even number of values) and m values: field, value, ... ("type" first),
+--                    then the order lines to put back on the stream as a new entry ("" for none)
+-- Returns  a string of one character per entry: "1" when this call acknowledged it, "0" when another replica
+--          already had (its events are not written then)
+-- Errors   "BAD_ARG <name> <value>" when ARGV is not as above (nothing is changed then); "WRONGTYPE <key> <type>"
+-- Orders   XADD deliver * o1 <lines> for each acknowledged entry with lines to put back
+-- Events   the given events of each entry this call acknowledged
+--- @include "prelude"
 local deliver_key = KEYS[1]
 local events_key = KEYS[2]
 local group = ARGV[1]
-local maxlen = ARGV[2]
-local replica = ARGV[3]
-local args = ARGV
-local per_order = 4
-local unpack = unpack or table.unpack  -- Lua 5.1 in Redis, 5.4 under lupa
+local maxlen = to_int(ARGV[2], 1)
 
-if (#args - 3) % per_order ~= 0 then return redis.error_reply('BAD_ARG orders ' .. (#args - 3)) end
-for _, key_and_type in ipairs({{deliver_key, 'stream'}, {events_key, 'stream'}}) do
-  local found = redis.call('TYPE', key_and_type[1])['ok']
-  if found ~= 'none' and found ~= key_and_type[2] then
-    return redis.error_reply('WRONGTYPE ' .. key_and_type[1] .. ' holds a ' .. found .. ', not a ' .. key_and_type[2])
+if not maxlen then return bad_arg('maxlen', ARGV[2]) end
+local failed = check_types({{deliver_key, 'stream'}, {events_key, 'stream'}})
+if failed then return failed end
+
+-- Read the shape of ARGV first: a malformed call must change nothing.
+local entries = {}
+local i = 3
+while i <= #ARGV do
+  local entry_id, count = ARGV[i], to_int(ARGV[i + 1], 0)
+  if not count then return bad_arg('count', ARGV[i + 1]) end
+  local entry = {id = entry_id, events = {}}
+  i = i + 2
+  for _ = 1, count do
+    local size = to_int(ARGV[i], 2)
+    if not size or size % 2 ~= 0 or i + size > #ARGV then return bad_arg('event', ARGV[i]) end
+    entry.events[#entry.events + 1] = {first = i + 1, last = i + size}
+    i = i + size + 1
   end
+  if i > #ARGV then return bad_arg('again', 'missing') end
+  entry.again = ARGV[i]
+  i = i + 1
+  entries[#entries + 1] = entry
 end
 
 local acknowledged = {}
-local any = false
-for i = 4, #args, per_order do
-  local entry_id = args[i]
-  local done = redis.call('XACK', deliver_key, group, entry_id)
+local newest_ms, newest_seq = nil, nil
+for _, entry in ipairs(entries) do
+  local done = redis.call('XACK', deliver_key, group, entry.id)
   acknowledged[#acknowledged + 1] = done == 1 and '1' or '0'
   if done == 1 then
-    any = true
-    local outcome, pid, signal, deadline_ms, claimed_ms, sent_ms, worker, claimer =
-      string.match(args[i + 1], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) ?(%S*)$')
-    if not outcome then return redis.error_reply('BAD_ARG order ' .. args[i + 1]) end
-    local event = {'type', outcome, 'worker', worker, 'scope_id', args[i + 2], 'pid', pid, 'signal', signal,
-      'deadline_ms', deadline_ms, 'claimed_ms', claimed_ms, 'claimer', claimer, 'replica', replica,
-      'detail', args[i + 3]}
-    if sent_ms ~= '-' then
-      event[#event + 1] = 'sent_ms'
-      event[#event + 1] = sent_ms
-      event[#event + 1] = 'lag_ms'
-      event[#event + 1] = string.format('%d', tonumber(sent_ms) - tonumber(deadline_ms))
+    for _, event in ipairs(entry.events) do
+      redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, event.first, event.last))
     end
-    redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', unpack(event))
+    if entry.again ~= '' then redis.call('XADD', deliver_key, '*', 'o1', entry.again) end
+    local ms, seq = string.match(entry.id, '^(%d+)-(%d+)$')
+    ms, seq = tonumber(ms), tonumber(seq)
+    if ms and (not newest_ms or ms > newest_ms or (ms == newest_ms and seq > newest_seq)) then
+      newest_ms, newest_seq = ms, seq
+    end
   end
 end
 
--- A finished order is of no further use (the audit trail keeps its outcome). Every order older than the oldest
--- one still pending has been read and finished, and with none pending so has every order up to the newest one
--- just acknowledged; orders not read yet are newer than both. One trim drops them all, far cheaper than XDEL.
-if any then
+-- A finished entry is of no further use (the audit trail keeps its outcomes). Every entry older than the oldest
+-- one still pending has been read and finished, and with none pending so has every entry up to the newest one
+-- just acknowledged; entries not read yet are newer than both. One trim drops them all, far cheaper than XDEL.
+if newest_ms then
   local pending = redis.call('XPENDING', deliver_key, group)
   local below
   if tonumber(pending[1]) > 0 then
     below = pending[2]
   else
-    local newest_ms, newest_seq
-    for i = 4, #args, per_order do
-      local ms, seq = string.match(args[i], '^(%d+)-(%d+)$')
-      ms, seq = tonumber(ms), tonumber(seq)
-      if ms and (not newest_ms or ms > newest_ms or (ms == newest_ms and seq > newest_seq)) then
-        newest_ms, newest_seq = ms, seq
-      end
-    end
-    if newest_ms then below = string.format('%d-%d', newest_ms, newest_seq + 1) end
+    below = int_text(newest_ms) .. '-' .. int_text(newest_seq + 1)
   end
-  if below then redis.call('XTRIM', deliver_key, 'MINID', below) end
+  redis.call('XTRIM', deliver_key, 'MINID', below)
 end
 return table.concat(acknowledged)

@@ -7,17 +7,16 @@
 -- Returns  number of consumers deleted; 0 when the stream or the group does not exist
 -- Errors   "BAD_ARG min_idle_ms <value>"; "WRONGTYPE <key> <type>" when the key holds another type
 -- Events   none
+--- @include "prelude"
 local deliver_key = KEYS[1]
 local group = ARGV[1]
-local min_idle_ms = tonumber(ARGV[2])
+local min_idle_ms = to_int(ARGV[2], 0)
 local keep = ARGV[3]
 
-if not min_idle_ms or min_idle_ms < 0 then return redis.error_reply('BAD_ARG min_idle_ms ' .. ARGV[2]) end
-local found = redis.call('TYPE', deliver_key)['ok']
-if found == 'none' then return 0 end
-if found ~= 'stream' then
-  return redis.error_reply('WRONGTYPE ' .. deliver_key .. ' holds a ' .. found .. ', not a stream')
-end
+if not min_idle_ms then return bad_arg('min_idle_ms', ARGV[2]) end
+local failed = check_types({{deliver_key, 'stream'}})
+if failed then return failed end
+if redis.call('EXISTS', deliver_key) == 0 then return 0 end
 
 -- XGROUP DELCONSUMER drops the consumer's pending orders with it, so the check and the delete must be one step:
 -- a consumer with nothing pending that is deleted while still alive is simply created again by its next read.

@@ -1,31 +1,40 @@
--- release.lua: remove one timer; releasing a timer that does not exist is a no-op.
--- KEYS[1] deadlines  zset  member = worker|scope_id, score = deadline ms
--- KEYS[2] worker     hash  scope_id -> acquired-at ms; field "" -> signal
+-- release.lua: remove one timer of a worker; releasing a timer that does not exist is a no-op.
+-- KEYS[1] deadlines  zset    member = worker id, score = that worker's earliest deadline
+-- KEYS[2] worker     string  the worker's record (records.py)
+-- KEYS[3] count      string  how many timers the namespace holds
 -- ARGV[1] worker     worker id "node:pid:start"
 -- ARGV[2] scope_id   non-empty string
 -- Returns  1 when a timer was removed, 0 when there was none
--- Errors   "BAD_ARG scope_id" when empty; "WRONGTYPE <key> <type>" when a key holds another type
+-- Errors   "BAD_ARG scope_id"; "WRONGTYPE <key> <type>" when a key holds another type (nothing is changed then)
 -- Events   none
+--- @include "prelude"
 local deadlines_key = KEYS[1]
 local worker_key = KEYS[2]
+local count_key = KEYS[3]
 local worker = ARGV[1]
 local scope_id = ARGV[2]
 
-if scope_id == '' then return redis.error_reply('BAD_ARG scope_id ' .. scope_id) end
--- No TYPE checks up front (see acquire.lua): HLEN is a read and ZREM the first write, so a key of another type
--- is reported before anything changed.
-local fields = redis.pcall('HLEN', worker_key)
-if type(fields) == 'table' then
-  local found = redis.call('TYPE', worker_key)['ok']
-  return redis.error_reply('WRONGTYPE ' .. worker_key .. ' holds a ' .. found .. ', not a hash')
+if scope_id == '' then return bad_arg('scope_id', scope_id) end
+local record, failed = call_on('string', worker_key, 'GET')
+if failed then return failed end
+if not record then return 0 end
+local entries, malformed = parse_record(record)
+local lines = {}
+local removed = 0
+local worker_earliest = nil
+for _, entry in ipairs(entries) do
+  if entry.scope == scope_id then
+    removed = 1
+  else
+    lines[#lines + 1] = entry.line
+    if not worker_earliest or entry.deadline < worker_earliest then worker_earliest = entry.deadline end
+  end
 end
-local removed = redis.pcall('ZREM', deadlines_key, worker .. '|' .. scope_id)
-if type(removed) == 'table' then
-  local found = redis.call('TYPE', deadlines_key)['ok']
-  return redis.error_reply('WRONGTYPE ' .. deadlines_key .. ' holds a ' .. found .. ', not a zset')
-end
-if fields > 0 then
-  -- Only the signal field left: the worker has no timers, so drop its hash.
-  if fields - redis.call('HDEL', worker_key, scope_id) <= 1 then redis.call('DEL', worker_key) end
-end
-return removed
+if removed == 0 then return 0 end
+-- The deadlines key is first written here: a key of another type is reported before anything changed.
+local _, failed_zset = call_on('zset', deadlines_key, 'ZSCORE', worker)
+if failed_zset then return failed_zset end
+for _, line in ipairs(malformed) do lines[#lines + 1] = line end
+store_record(deadlines_key, worker_key, worker, lines, worker_earliest, now_ms())
+adjust_count(count_key, -1)
+return 1

@@ -1,36 +1,35 @@
 -- release_worker.lua: remove every timer of one worker, in O(its timers).
--- KEYS[1] deadlines  zset    member = worker|scope_id, score = deadline ms
--- KEYS[2] worker     hash    scope_id -> acquired-at ms; field "" -> signal
--- KEYS[3] events     stream  audit trail, capped with MAXLEN ~
+-- KEYS[1] deadlines  zset    member = worker id, score = that worker's earliest deadline
+-- KEYS[2] worker     string  the worker's record (records.py)
+-- KEYS[3] count      string  how many timers the namespace holds
+-- KEYS[4] events     stream  audit trail, capped with MAXLEN ~
 -- ARGV[1] worker     worker id "node:pid:start"
 -- ARGV[2] reason     why (e.g. "operator"); empty = no event
 -- ARGV[3] maxlen     int > 0, approximate cap of the events stream
--- Returns  number of timers removed
--- Errors   "WRONGTYPE <key> <type>" when a key holds another type
+-- Returns  number of timers removed (a record that does not parse, or holds another type, is removed too, and
+--          its timers are not counted)
+-- Errors   "BAD_ARG maxlen <value>"; "WRONGTYPE <key> <type>" when a key holds another type
 -- Events   "released" {worker, count, reason} when reason is given and timers were removed
+--- @include "prelude"
 local deadlines_key = KEYS[1]
 local worker_key = KEYS[2]
-local events_key = KEYS[3]
+local count_key = KEYS[3]
+local events_key = KEYS[4]
 local worker = ARGV[1]
 local reason = ARGV[2]
-local maxlen = ARGV[3]
+local maxlen = to_int(ARGV[3], 1)
 
-for _, key_and_type in ipairs({{deadlines_key, 'zset'}, {worker_key, 'hash'}, {events_key, 'stream'}}) do
-  local found = redis.call('TYPE', key_and_type[1])['ok']
-  if found ~= 'none' and found ~= key_and_type[2] then
-    return redis.error_reply('WRONGTYPE ' .. key_and_type[1] .. ' holds a ' .. found .. ', not a ' .. key_and_type[2])
-  end
-end
+if not maxlen then return bad_arg('maxlen', ARGV[3]) end
+local failed = check_types({{deadlines_key, 'zset'}, {events_key, 'stream'}})
+if failed then return failed end
 
-local removed = 0
-for _, scope_id in ipairs(redis.call('HKEYS', worker_key)) do
-  if scope_id ~= '' then
-    removed = removed + redis.call('ZREM', deadlines_key, worker .. '|' .. scope_id)
-  end
-end
+local entries = {}
+if redis.call('TYPE', worker_key)['ok'] == 'string' then entries = parse_record(redis.call('GET', worker_key)) end
 redis.call('DEL', worker_key)
-if reason ~= '' and removed > 0 then
+redis.call('ZREM', deadlines_key, worker)
+if #entries > 0 then adjust_count(count_key, -#entries) end
+if reason ~= '' and #entries > 0 then
   redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*',
-    'type', 'released', 'worker', worker, 'count', removed, 'reason', reason)
+    'type', 'released', 'worker', worker, 'count', #entries, 'reason', reason)
 end
-return removed
+return #entries

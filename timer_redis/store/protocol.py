@@ -1,0 +1,316 @@
+"""The watchdog's side of the store: claim due workers (claim_expired.lua), read this node's delivery orders as a
+consumer group, take over orders a dead replica left, acknowledge them with their outcomes, forget nodes that are
+gone, and the wake channel.
+
+Everything read here was written to Redis, where anyone with write access could have written anything: an entry
+or a line that is not an order is returned as ``MalformedOrder`` (reported once, then acknowledged), never raised.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from ..delivery import DeliveryOrder
+from ..keys import DELIVERY_GROUP, is_worker_id, node_of, parse_worker_id
+from ..redis_compat import as_text
+from ..validation import whole_number
+from .base import StoreBase
+
+# The name of the stream field that holds a batch of orders (claim_expired.lua), one line each.
+ORDERS_FIELD = b"o1"
+# A signed timer's deadline is on the server clock; phase 1 of a claim reads the workers due by this process'
+# estimate of it, plus this margin (the script checks each against TIME).
+CLAIM_MARGIN_MS = 20
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker reaped by claim_expired: its first due timer and the node whose watchdogs will signal it."""
+
+    worker: str
+    scope_id: str
+    deadline_ms: int
+    node: str
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """What one claim_expired call did, with the server clock it ran at and the earliest deadline left."""
+
+    now_ms: int
+    next_deadline_ms: int | None
+    claimed: list[Claim] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MalformedOrder:
+    """A line of a delivery stream entry, or a whole entry, that is not an order."""
+
+    entry_id: str
+    detail: str
+
+
+@dataclass
+class DeliveryEntry:
+    """One entry of a node's delivery stream: the orders it holds, and what in it did not parse."""
+
+    entry_id: str
+    orders: list[DeliveryOrder] = field(default_factory=list)
+    malformed: list[MalformedOrder] = field(default_factory=list)
+
+
+# Aliases: TimerStore's method `list` shadows the builtin in annotations of the class it is mixed into.
+DeliveryEntries = list[DeliveryEntry]
+Flags = list[bool]
+
+
+def _is_missing_group(error: redis.ResponseError) -> bool:
+    """Redis says NOGROUP; fakeredis says the key must exist."""
+    return "NOGROUP" in str(error) or "requires the key to exist" in str(error)
+
+
+def _digits(text: str, minimum: int = 0) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 15 or int(text) < minimum:
+        raise ValueError(text)
+    return int(text)
+
+
+def _optional(text: str) -> int | None:
+    return None if text == "-" else _digits(text, 1)
+
+
+def parse_order(entry_id: str, line: str) -> DeliveryOrder:
+    """One order line (claim_expired.lua's format).
+
+    Raises:
+        ValueError: the line is not an order.
+    """
+    parts = line.split(" ", 10)
+    if len(parts) != 11 or not parts[10]:
+        raise ValueError("not 11 fields")
+    worker, signal, deadline, ttl, kill_after, dump_signal, group, mac, claimed, claimer, scope_id = parts
+    node, pid, start_time = parse_worker_id(worker)
+    return DeliveryOrder(
+        entry_id=entry_id,
+        worker=worker,
+        node=node,
+        pid=pid,
+        start_time=start_time,
+        signal=_digits(signal, 1),
+        scope_id=scope_id,
+        deadline_ms=_digits(deadline),
+        claimed_ms=_digits(claimed),
+        claimer=claimer,
+        ttl_ms=_digits(ttl),
+        kill_after_ms=_optional(kill_after),
+        dump_signal=_optional(dump_signal),
+        group=None if group == "-" else group,
+        mac="" if mac == "-" else mac,
+        line=line,
+    )
+
+
+def parse_entry(entry_id: Any, fields: Any) -> DeliveryEntry:
+    """A stream entry (its id and the flat field/value list of a raw reply) as orders and malformed lines."""
+    entry = DeliveryEntry(as_text(entry_id))
+    pairs = list(zip(fields[::2], fields[1::2], strict=False)) if isinstance(fields, list) else []
+    batch = next((value for name, value in pairs if name == ORDERS_FIELD), None)
+    if not isinstance(batch, bytes):
+        entry.malformed.append(MalformedOrder(entry.entry_id, "an entry without an 'o1' field of orders"))
+        return entry
+    try:
+        lines = batch.decode().split("\n")
+    except UnicodeDecodeError:
+        entry.malformed.append(MalformedOrder(entry.entry_id, "orders that are not UTF-8 text"))
+        return entry
+    for line in lines:
+        try:
+            entry.orders.append(parse_order(entry.entry_id, line))
+        except ValueError:  # InvalidArgumentError is one
+            entry.malformed.append(MalformedOrder(entry.entry_id, f"not an order: {line[:120]!r}"))
+    return entry
+
+
+def _entries(items: Any) -> DeliveryEntries:
+    """Entries of a raw stream reply: [[id, [field, value, ...]], ...]; a deleted entry (nil fields) is skipped."""
+    entries = []
+    for item in items or []:
+        if isinstance(item, list) and len(item) == 2 and item[1] is not None:
+            entries.append(parse_entry(item[0], item[1]))
+    return entries
+
+
+class WatchdogProtocol(StoreBase):
+    """Claiming and delivering, for ``Watchdog``: the parts of ``TimerStore`` only replicas call."""
+
+    def claim_expired(self, limit: int, claimer: str = "", *, spread: int = 1) -> ClaimResult:
+        """Atomically reap up to ``limit`` due workers: clear their timers and queue one delivery order per worker
+        on its node's stream. Each timer is claimed by exactly one caller, whatever the number of replicas.
+
+        In two steps: read the workers due by this process' estimate of the server clock, then run
+        claim_expired.lua on them with every key it touches named (it claims those still due).
+
+        Args:
+            limit: most workers per call.
+            claimer: this replica's id, for the audit trail.
+            spread: how many replicas claim at once; each starts reading at a random one of ``spread`` batches,
+                so during a mass expiry they take different workers instead of racing for the same ones.
+        """
+        whole_number("limit", limit)
+        whole_number("spread", spread)
+        due_by = self.server_clock.now_ms() + CLAIM_MARGIN_MS
+        offset = random.randrange(spread) * limit
+        members = self._due_members(due_by, offset, limit)
+        if not members and offset:
+            members = self._due_members(due_by, 0, limit)
+        workers: list[tuple[str, str]] = []
+        strays: list[bytes] = []
+        for member in members:
+            try:
+                worker = member.decode() if isinstance(member, bytes) else str(member)
+            except UnicodeDecodeError:
+                worker = ""
+            if is_worker_id(worker):
+                workers.append((worker, node_of(worker)))
+            else:
+                strays.append(member)
+        claimer_token = "".join(ch if ch.isprintable() and not ch.isspace() else "_" for ch in claimer) or "-"
+        sent = time.monotonic()
+        with self.translated_errors():
+            reply = self.scripts.claim_expired(
+                self._raw, self.keys, claimer_token, self.settings.events_maxlen, workers, strays
+            )
+        now_ms, next_deadline = int(reply[0]), int(reply[1])
+        self.server_clock.observe(now_ms, sent, time.monotonic())
+        claimed = []
+        for packed in reply[2:]:
+            deadline, worker, scope_id = as_text(packed).split(" ", 2)  # "<deadline_ms> <worker> <scope_id>"
+            claimed.append(Claim(worker, scope_id, int(deadline), node_of(worker)))
+        return ClaimResult(now_ms, None if next_deadline < 0 else next_deadline, claimed)
+
+    def _due_members(self, due_by: int, offset: int, limit: int) -> list[Any]:
+        """Members of deadlines scored up to ``due_by``; none when the key holds another type (the claim script
+        then replaces it and reports it)."""
+        command = ("ZRANGE", self.keys.deadlines, "-inf", due_by, "BYSCORE", "LIMIT", offset, limit)
+        with self.translated_errors(self.keys.deadlines):
+            try:
+                members: list[Any] = self._raw.execute(*command)
+            except redis.ResponseError as error:
+                if "WRONGTYPE" not in str(error):
+                    raise
+                return []
+        return members
+
+    def ensure_delivery_group(self, node: str) -> None:
+        """Create the node's delivery stream and consumer group if missing (reading from the start, so orders
+        queued before the first watchdog of the node started are not skipped)."""
+        with self.translated_errors(self.keys.deliver(node)):
+            try:
+                self.redis.xgroup_create(self.keys.deliver(node), DELIVERY_GROUP, id="0", mkstream=True)
+            except redis.ResponseError as error:
+                if "BUSYGROUP" not in str(error):
+                    raise
+
+    def read_deliveries(self, node: str, consumer: str, count: int) -> DeliveryEntries:
+        """New entries of ``node``'s delivery stream for this consumer (non-blocking)."""
+        key = self.keys.deliver(node)
+        command = ("XREADGROUP", "GROUP", DELIVERY_GROUP, consumer, "COUNT", count, "STREAMS", key, ">")
+        with self.translated_errors(key):
+            try:
+                reply = self._raw.execute(*command)
+            except redis.ResponseError as error:
+                if not _is_missing_group(error):
+                    raise
+                self.ensure_delivery_group(node)
+                reply = self._raw.execute(*command)
+        if not reply:
+            return []
+        streams = list(reply.values()) if isinstance(reply, dict) else [item[1] for item in reply]
+        return _entries(streams[0] if streams else [])
+
+    def take_over_deliveries(self, node: str, consumer: str, min_idle_ms: int, count: int) -> DeliveryEntries:
+        """Entries of ``node`` left unacknowledged for ``min_idle_ms`` by a replica that died (XAUTOCLAIM)."""
+        key = self.keys.deliver(node)
+        command = ("XAUTOCLAIM", key, DELIVERY_GROUP, consumer, min_idle_ms, "0-0", "COUNT", count)
+        with self.translated_errors(key):
+            try:
+                reply = self._raw.execute(*command)
+            except redis.ResponseError as error:
+                if not _is_missing_group(error):
+                    raise
+                return []
+        return _entries(reply[1] if isinstance(reply, list) and len(reply) > 1 else [])
+
+    def forget_idle_consumers(self, node: str, min_idle_ms: int, keep: str = "") -> int:
+        """Delete the consumers of ``node``'s delivery group that hold no order and have not read or claimed for
+        ``min_idle_ms``: each replica that ever ran is one, and killed ones would pile up. Atomic, so an order
+        handed to a consumer meanwhile is never dropped with it.
+
+        Args:
+            node: whose delivery group.
+            min_idle_ms: only consumers idle at least this long.
+            keep: a consumer never deleted (the caller's own).
+
+        Returns:
+            How many consumers were deleted.
+        """
+        whole_number("min_idle_ms", min_idle_ms, minimum=0)
+        with self.translated_errors(self.keys.deliver(node)):
+            return self.scripts.forget_idle_consumers(self.redis, self.keys, node, DELIVERY_GROUP, min_idle_ms, keep)
+
+    def finish_deliveries(self, node: str, entries: Sequence[tuple[str, Sequence[Sequence[Any]], str]]) -> Flags:
+        """Acknowledge entries of ``node``'s stream and write their outcome events, in one round trip.
+
+        Args:
+            node: whose stream.
+            entries: (entry id, events, again) triples; each event a flat field, value, ... sequence, "type" first;
+                ``again``: order lines to put back on the stream as a new entry ("" for none).
+
+        Returns:
+            Per entry, True when this call acknowledged it (False: another replica had already finished it, and
+            its events were not written again).
+        """
+        if not entries:
+            return []
+        flags: list[bool] = []
+        with self.translated_errors(self.keys.deliver(node)):
+            # Batches of FINISH_BATCH entries: one script call each rather than one round trip per entry.
+            for start in range(0, len(entries), FINISH_BATCH):
+                flags += self.scripts.finish_delivery(
+                    self._raw,
+                    self.keys,
+                    node,
+                    DELIVERY_GROUP,
+                    self.settings.events_maxlen,
+                    entries[start : start + FINISH_BATCH],
+                )
+        return flags
+
+    def forget_node(self, node: str, before_ms: int) -> bool:
+        """Remove ``node``'s delivery stream and its entry in ``nodes`` if it was last active before ``before_ms``
+        (server clock) and no order of it waits. The caller checks that no replica of it is live."""
+        whole_number("before_ms", before_ms, minimum=0)
+        with self.translated_errors(self.keys.deliver(node)):
+            return self.scripts.forget_node(self.redis, self.keys, node, DELIVERY_GROUP, before_ms)
+
+    def subscribe_wake(self) -> Any:
+        """A pub/sub subscribed to the wake channel: acquire publishes a new earliest deadline, claim a delivery."""
+        with self.translated_errors():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(self.keys.wake_channel)
+        return pubsub
+
+    def publish_wake(self, message: str) -> None:
+        """Wake every watchdog of the namespace (used by a stopping watchdog to end its own wait)."""
+        with self.translated_errors():
+            self.redis.publish(self.keys.wake_channel, message)
+
+
+# Most entries acknowledged by one finish_delivery.lua call.
+FINISH_BATCH = 500
