@@ -16,11 +16,11 @@ import time
 import traceback
 from collections.abc import Sequence
 
-from . import BENCHMARKS
+from . import BENCHMARKS, RESULTS
 from ._common import run_metadata
 from .report import Run, Table
 
-DEFAULT_JSON = "bench-results.json"
+DEFAULT_JSON = str(RESULTS)
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -36,7 +36,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         const=DEFAULT_JSON,
         default=None,
         metavar="PATH",
-        help=f"write every figure of the run as JSON to PATH (default {DEFAULT_JSON})",
+        help="write every figure of the run as JSON to PATH (default: bench/results.json, the README's record)",
     )
     args = parser.parse_args(argv)
     # "--json memory" reads as a path; a benchmark's name there is meant as a name (give a path ending in .json).

@@ -230,7 +230,8 @@ def run(quick: bool) -> Table:
                     theirs_cell = _censored(theirs, cap_s)
                     raw["baseline"] = Quantity(theirs, "ms")
                     if theirs == math.inf:
-                        ratio = f"< {mine / (cap_s * 1000):.4f}x"
+                        # An upper bound: rounded up, never shown as 0.
+                        ratio = f"< {max(math.ceil(mine / (cap_s * 1000) * 1e4) / 1e4, 0.0001):.4f}x"
                     else:
                         ratio = fmt_ratio(mine / theirs) if theirs > 0 else "n/a"
                 if phase == "churn":
