@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -17,12 +19,15 @@ import redis
 from timer_redis import (
     InvalidArgumentError,
     StoreUnavailableError,
+    TimerInfo,
     TimerNotFoundError,
     TimerRedisError,
     TimerSettings,
     TimerStore,
     WrongTypeError,
 )
+from timer_redis.keys import parse_worker_id
+from timer_redis.process import read_process
 from timer_redis.settings import DEFAULT_URL
 
 EXIT_OK = 0
@@ -217,3 +222,39 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
 def warn(message: str) -> None:
     """A note on stderr, prefixed like click's errors."""
     click.echo(f"timerctl: {message}", err=True)
+
+
+def owner_state(info: TimerInfo, this_node: str) -> str:
+    """``running`` or ``gone`` for a process of this node (pid and start time checked), else ``other-node``.
+
+    Raises:
+        InvalidArgumentError: the timer's worker id is malformed.
+    """
+    node, pid, start_time = parse_worker_id(info.worker)
+    if node != this_node:
+        return "other-node"
+    process = read_process(pid)
+    return "running" if process is not None and not process.zombie and process.start_time == start_time else "gone"
+
+
+def signal_name(number: int | None) -> str:
+    """``KILL`` for 9, the number itself for one this platform does not know, ``-`` for None."""
+    if number is None:
+        return "-"
+    try:
+        return signal.Signals(number).name.removeprefix("SIG")
+    except ValueError:
+        return str(number)
+
+
+def wait_for_interrupt() -> None:
+    """Return on SIGINT (Ctrl-C) or SIGTERM, whichever comes first; the previous handlers are restored."""
+    stop = threading.Event()
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in handled}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -27,7 +27,8 @@ from click.core import ParameterSource
 from timer_redis import Event, TimerInfo, TimerStore, Watchdog
 from timer_redis.keys import parse_worker_id
 
-from .context import EXIT_ERROR, CliError, CliState, emit_json, format_duration, json_option
+from .context import EXIT_ERROR, CliError, CliState, emit_json, format_duration, json_option, wait_for_interrupt
+from .dashboard import DEFAULT_HOST, DEFAULT_PORT, DashboardData, DashboardServer
 
 STEPS = 3
 HANG_AT_STEP = 2
@@ -36,6 +37,8 @@ REPLICAS = 2
 # 3 steps x 0.5 ttl = 15 s and a hung one dies after 0.5 ttl + ttl = 15 s.
 HARD_LIMIT_SECONDS = 25.0
 TICK_SECONDS = 0.1
+# With --dashboard the workers wait this long at most for the page to be opened.
+DASHBOARD_WAIT_SECONDS = 30.0
 
 
 @dataclass
@@ -133,9 +136,16 @@ class DemoRun:
 @click.option(
     "--ttl", type=click.FloatRange(0.5, 10.0), default=3.0, show_default=True, help="Timer of each worker step, s."
 )
+@click.option(
+    "--dashboard",
+    "with_dashboard",
+    is_flag=True,
+    help="Serve the live page (`timerctl dashboard`, read-only) and print its address: the workers start once it is "
+    f"open (or after {DASHBOARD_WAIT_SECONDS:.0f} s), and it stays up after the summary until Ctrl-C.",
+)
 @json_option
 @click.pass_context
-def demo(ctx: click.Context, workers: int, hung: int, ttl: float) -> None:
+def demo(ctx: click.Context, workers: int, hung: int, ttl: float, with_dashboard: bool) -> None:
     """Watch hung workers being killed: an embedded Redis, two watchdog replicas and a few workers, some of which
     hang. Ends by itself (in about 5 s with the defaults) with a summary; exit status 0 when every hung worker was
     killed and every healthy one finished.
@@ -146,6 +156,7 @@ def demo(ctx: click.Context, workers: int, hung: int, ttl: float) -> None:
     \b
     Examples:
       timerctl demo
+      timerctl demo --dashboard                  # the same, on a page at http://127.0.0.1:8377/
       timerctl demo --workers 10 --hung 3 --ttl 2
       timerctl --url redis://localhost:6379/0 demo --json
     """
@@ -165,21 +176,25 @@ def demo(ctx: click.Context, workers: int, hung: int, ttl: float) -> None:
         url = stack.enter_context(embedded_redis()) if embedded else state.url
         store = TimerStore.from_url(url, namespace)
         stack.callback(store.redis.close)
-        run = DemoRun(url=url, namespace=namespace, embedded=embedded, ttl=ttl)
-        run.server_start_ms = run.now_ms = store.server_time_ms()
         for _ in range(REPLICAS):
             replica = Watchdog(url=url, namespace=namespace, max_interval=0.5)
             replica.start()
             stack.callback(replica.store.redis.close)
             stack.callback(replica.stop)
+        page = stack.enter_context(demo_dashboard(store, state.json_output)) if with_dashboard else None
+        run = DemoRun(url=url, namespace=namespace, embedded=embedded, ttl=ttl)
+        run.server_start_ms = run.now_ms = store.server_time_ms()
         stack.callback(stop_workers, run)
         start_workers(run, workers, hung)
         out.begin(run, REPLICAS)
         watch(run, store, out)
-    summary = run.summary()
-    out.end(run, summary)
-    if state.json_output:
-        emit_json(summary)
+        summary = run.summary()
+        out.end(run, summary)
+        if state.json_output:
+            emit_json(summary)
+        if page is not None:
+            click.echo(f"the dashboard stays up at {page.url}: Ctrl-C ends the demo", err=state.json_output)
+            wait_for_interrupt()
     if not summary["ok"]:
         raise CliError("demo failed: " + describe_failure(summary), EXIT_ERROR)
 
@@ -201,6 +216,24 @@ def embedded_redis() -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def demo_dashboard(store: TimerStore, err: bool) -> Iterator[DashboardServer]:
+    """The read-only dashboard of the demo's namespace in a thread, on port 8377 (any free one if that is taken);
+    returns once the page has been opened, or after DASHBOARD_WAIT_SECONDS."""
+    data = DashboardData(store)
+    try:
+        server = DashboardServer(data, DEFAULT_HOST, DEFAULT_PORT)
+    except CliError:
+        server = DashboardServer(data, DEFAULT_HOST, 0)
+    server.start()
+    try:
+        click.echo(f"dashboard: {server.url}  (the workers start once it is open)", err=err)
+        data.first_read.wait(DASHBOARD_WAIT_SECONDS)
+        yield server
+    finally:
+        server.stop()
 
 
 def start_workers(run: DemoRun, count: int, hung: int) -> None:

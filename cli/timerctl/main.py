@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from timer_redis import Event, Owner, PassResult, TimerInfo, TimerNotFoundError, TimerStore, Watchdog, __version__
+from timer_redis import Event, Owner, PassResult, TimerNotFoundError, TimerStore, Watchdog, __version__
 from timer_redis.keys import MEMBER_SEPARATOR, check_node, parse_worker_id, split_member, timer_member
 from timer_redis.process import default_node, read_process
 from timer_redis.settings import DEFAULT_URL
@@ -31,9 +31,12 @@ from .context import (
     emit_json,
     format_duration,
     json_option,
+    owner_state,
     pass_state,
     print_table,
+    signal_name,
 )
+from .dashboard import dashboard
 from .demo import demo
 from .run import run
 
@@ -423,24 +426,6 @@ def show(state: CliState, timer: str, scope_id: str | None) -> None:
         click.echo(f"{key:<13} {shown}")
 
 
-def owner_state(info: TimerInfo, this_node: str) -> str:
-    """``running`` or ``gone`` for a process of this node (pid and start time checked), else ``other-node``."""
-    node, pid, start_time = parse_worker_id(info.worker)
-    if node != this_node:
-        return "other-node"
-    process = read_process(pid)
-    return "running" if process is not None and not process.zombie and process.start_time == start_time else "gone"
-
-
-def signal_name(number: int | None) -> str:
-    if number is None:
-        return "-"
-    try:
-        return signal.Signals(number).name.removeprefix("SIG")
-    except ValueError:
-        return str(number)
-
-
 # -- many timers ---------------------------------------------------------------------------------------------------
 
 
@@ -624,3 +609,4 @@ def stats(state: CliState, replica_timeout: float) -> None:
 cli.add_command(stats, "status")
 cli.add_command(run)
 cli.add_command(demo)
+cli.add_command(dashboard)
