@@ -6,16 +6,13 @@ The page itself runs in a real browser in tests/integration/test_dashboard.py.
 from __future__ import annotations
 
 import json
-import logging
 import os
-import socket
 from collections.abc import Iterator
 from importlib.resources import files
 from typing import Any
 
 import fakeredis
 import pytest
-from click.testing import CliRunner
 from starlette.testclient import TestClient
 from timerctl.dashboard import (
     FEED_READ,
@@ -29,7 +26,6 @@ from timerctl.dashboard import (
     host_of,
     is_loopback,
 )
-from timerctl.main import cli
 
 from tests.helpers import snapshot, wait_until_due
 from timer_redis import DeliveryOrder, DeliveryResult, Event, Outcome, Owner, TimerStore, Watchdog
@@ -399,35 +395,6 @@ def test_state_json_is_plain_json(store: TimerStore, page: Any) -> None:
     store.acquire(ME, 'quote " and <tag>', 60)
     text = page.get("/api/state").text
     assert json.loads(text)["timers"]["items"][0]["scope_id"] == 'quote " and <tag>'
-
-
-# -- the command ---------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """`timerctl dashboard` configures the root logger, as a program's main does; undo it after the test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.mark.usefixtures("restore_logging")
-def test_the_command_refuses_an_unreachable_redis_before_serving() -> None:
-    result = CliRunner().invoke(cli, ["--url", "redis://127.0.0.1:1/0", "dashboard", "--port", "0"])
-    assert result.exit_code == 3 and "127.0.0.1:1" in result.output
-
-
-@pytest.mark.usefixtures("restore_logging")
-def test_the_command_refuses_a_port_in_use(store: TimerStore) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen(1)
-        port = taken.getsockname()[1]
-        result = CliRunner().invoke(cli, ["dashboard", "--port", str(port)], obj=store)
-    assert result.exit_code == 5 and f"127.0.0.1:{port}" in result.output
 
 
 @pytest.mark.parametrize(
