@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import importlib.resources
 import ipaddress
+import json
 import logging
 import re
 import secrets
@@ -456,10 +457,127 @@ def check_token(actions: bool, expected: str | None, given: str | None) -> None:
         raise ActionRefused("wrong token")
 
 
+# The HTTP status of each failure an endpoint reports (the first matching class wins); anything else is a 500.
+ERROR_STATUS: list[tuple[type[Exception], int]] = [
+    (ActionRefused, 403),
+    (InvalidArgumentError, 400),
+    (TimerNotFoundError, 404),
+    (WrongTypeError, 409),
+    (StoreUnavailableError, 503),
+]
+
+
+def error_reply(error: Exception) -> tuple[dict[str, str], int]:
+    """The JSON body and HTTP status that report ``error``; an unexpected one is logged with its traceback."""
+    status = next((code for kind, code in ERROR_STATUS if isinstance(error, kind)), 500)
+    if status == 500 and not isinstance(error, TimerRedisError):
+        log.exception("dashboard request failed", exc_info=error)
+    return {"error": str(error) or type(error).__name__}, status
+
+
+class _Endpoints:
+    """The request handlers of ``create_app`` (Starlette runs the sync ones in its thread pool)."""
+
+    def __init__(self, data: DashboardData, actions: bool, token: str | None) -> None:
+        self.data = data
+        self.actions = actions
+        self.token = token
+        static = importlib.resources.files("timerctl") / "static"
+        self.files = {name: (static / name).read_bytes() for name in STATIC_FILES}
+
+    def page(self, request: Any) -> Any:
+        from starlette.responses import Response
+
+        name = request.path_params.get("name", "index.html")
+        if name not in self.files:
+            return Response("not found", status_code=404, media_type="text/plain")
+        return Response(self.files[name], media_type=STATIC_FILES[name])
+
+    def state(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        try:
+            reply = {**self.data.state(StateQuery.parse(dict(request.query_params))), "actions": self.actions}
+        except Exception as error:
+            body, status = error_reply(error)
+            return JSONResponse(body, status_code=status)
+        return JSONResponse(reply)
+
+    def history(self, _request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        try:
+            return JSONResponse(self.data.history())
+        except Exception as error:
+            body, status = error_reply(error)
+            return JSONResponse(body, status_code=status)
+
+    def action(self, name: str) -> Any:
+        """The POST handler of one action (a DashboardData method named in ACTION_FIELDS)."""
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import JSONResponse
+
+        async def endpoint(request: Any) -> Any:
+            try:
+                check_token(self.actions, self.token, request.headers.get(TOKEN_HEADER))  # before reading the body
+                payload = json_object(await request.body())
+                arguments = [payload.get(field) for field in ACTION_FIELDS[name]]
+                reply = await run_in_threadpool(getattr(self.data, name), *arguments)  # Redis blocks: off the loop
+            except Exception as error:
+                if isinstance(error, ActionRefused):
+                    log.warning("dashboard: %s refused (%s) from %s", name, error, _client(request))
+                body, status = error_reply(error)
+                return JSONResponse(body, status_code=status)
+            log.info("dashboard: %s %s from %s", name, reply, _client(request))
+            return JSONResponse(reply)
+
+        return endpoint
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """An action's JSON body.
+
+    Raises:
+        InvalidArgumentError: the body is not a JSON object.
+    """
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise InvalidArgumentError("the request body must be a JSON object")
+    return data
+
+
+class _Guard:
+    """ASGI wrapper: SECURITY_HEADERS on every response and, on a loopback address, a 400 for a Host header that
+    names another host (a page of another site whose DNS name was rebound to 127.0.0.1)."""
+
+    def __init__(self, app: Any, loopback_only: bool) -> None:
+        self.app = app
+        self.loopback_only = loopback_only
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        from starlette.responses import Response
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *self.headers]
+            await send(message)
+
+        if scope["type"] == "http" and self.loopback_only:
+            named = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
+            if not is_loopback(host_of(named)):
+                await Response("invalid host", status_code=400, media_type="text/plain")(scope, receive, send)
+                return
+        await self.app(scope, receive, send_with_headers)
+
+
 def create_app(
     data: DashboardData, *, actions: bool = False, token: str | None = None, host: str = DEFAULT_HOST
 ) -> Any:
-    """The Starlette app serving the page, its JSON endpoints and, with ``actions``, the token-guarded actions.
+    """The ASGI app serving the page, its JSON endpoints and, with ``actions``, the token-guarded actions.
 
     Args:
         data: what the endpoints read and change.
@@ -468,98 +586,17 @@ def create_app(
         host: the address the server binds: on a loopback one, requests naming another host are refused.
     """
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    static = importlib.resources.files("timerctl") / "static"
-    files = {name: (static / name).read_bytes() for name in STATIC_FILES}
-
-    def error_response(error: Exception) -> JSONResponse:
-        status = 500
-        if isinstance(error, ActionRefused):
-            status = 403
-        elif isinstance(error, InvalidArgumentError):
-            status = 400
-        elif isinstance(error, TimerNotFoundError):
-            status = 404
-        elif isinstance(error, WrongTypeError):
-            status = 409
-        elif isinstance(error, StoreUnavailableError):
-            status = 503
-        elif not isinstance(error, TimerRedisError):
-            log.exception("dashboard request failed", exc_info=error)
-        return JSONResponse({"error": str(error) or type(error).__name__}, status_code=status)
-
-    def page(request: Request) -> Response:
-        name = request.path_params.get("name", "index.html")
-        if name not in files:
-            return Response("not found", status_code=404, media_type="text/plain")
-        return Response(files[name], media_type=STATIC_FILES[name])
-
-    def api_state(request: Request) -> JSONResponse:
-        try:
-            reply = data.state(StateQuery.parse(dict(request.query_params)))
-        except Exception as error:
-            return error_response(error)
-        return JSONResponse({**reply, "actions": actions})
-
-    def api_history(_request: Request) -> JSONResponse:
-        try:
-            return JSONResponse(data.history())
-        except Exception as error:
-            return error_response(error)
-
-    def action(name: str) -> Any:
-        async def endpoint(request: Request) -> JSONResponse:
-            try:
-                check_token(actions, token, request.headers.get(TOKEN_HEADER))  # before even reading the body
-                try:
-                    body = await request.json()
-                except ValueError:
-                    raise InvalidArgumentError("the request body must be a JSON object") from None
-                if not isinstance(body, dict):
-                    raise InvalidArgumentError("the request body must be a JSON object")
-                arguments = [body.get(field) for field in ACTION_FIELDS[name]]
-                reply = await run_in_threadpool(getattr(data, name), *arguments)  # Redis calls block: off the loop
-            except Exception as error:
-                if isinstance(error, ActionRefused):
-                    log.warning("dashboard: %s refused (%s) from %s", name, error, _client(request))
-                return error_response(error)
-            log.info("dashboard: %s %s from %s", name, reply, _client(request))
-            return JSONResponse(reply)
-
-        return endpoint
-
-    loopback_only = is_loopback(host)
-
-    async def guarded(scope: Any, receive: Any, send: Any) -> None:
-        """The app, refusing foreign Host names while on loopback, with SECURITY_HEADERS on every response."""
-
-        async def send_with_headers(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + [
-                    (k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()
-                ]
-            await send(message)
-
-        if scope["type"] == "http" and loopback_only:
-            named = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
-            if not is_loopback(host_of(named)):
-                await Response("invalid host", status_code=400, media_type="text/plain")(scope, receive, send)
-                return
-        await app(scope, receive, send_with_headers)
-
+    endpoints = _Endpoints(data, actions, token)
     routes = [
-        Route("/", page),
-        Route("/static/{name}", page),
-        Route("/api/state", api_state),
-        Route("/api/history", api_history),
-        *(Route(f"/api/{name}", action(name), methods=["POST"]) for name in ACTION_FIELDS),
+        Route("/", endpoints.page),
+        Route("/static/{name}", endpoints.page),
+        Route("/api/state", endpoints.state),
+        Route("/api/history", endpoints.history),
+        *(Route(f"/api/{name}", endpoints.action(name), methods=["POST"]) for name in ACTION_FIELDS),
     ]
-    app = Starlette(routes=routes)
-    return guarded
+    return _Guard(Starlette(routes=routes), loopback_only=is_loopback(host))
 
 
 def _client(request: Any) -> str:
