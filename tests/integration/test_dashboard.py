@@ -101,8 +101,23 @@ def processes() -> Iterator[list[subprocess.Popen[Any]]]:
 
 
 @pytest.fixture
-def watchdog(real_store: TimerStore) -> Iterator[Watchdog]:
-    """A real watchdog replica (a thread of the test), signalling this node's processes."""
+def an_hour_of_samples(real_store: TimerStore) -> None:
+    """An hour of history samples before the test, as the watchdogs' heartbeats would have written them, so the
+    live-timers chart has its hour (the samples of the test's own watchdog follow them)."""
+    first = bucket_ms(real_store.server_time_ms()) - 3600 * 1000
+    pipe = real_store.redis.pipeline(transaction=False)
+    for index in range(3600 // SAMPLE_SECONDS):
+        wave = 6 + round(4 * abs(((index % 120) - 60) / 60))
+        values = [wave, 1 if index % 97 == 0 else 0, 1 if index % 131 == 0 else 0, 1, 0]
+        fields = dict(zip(SAMPLE_FIELDS, values, strict=True))
+        pipe.xadd(real_store.keys.history, fields, id=f"{first + index * SAMPLE_SECONDS * 1000}-0")
+    pipe.execute()
+
+
+@pytest.fixture
+def watchdog(real_store: TimerStore, an_hour_of_samples: None) -> Iterator[Watchdog]:
+    """A real watchdog replica (a thread of the test), signalling this node's processes. It starts after the hour
+    of samples is in: once its own sample is, Redis refuses older ones."""
     replica = Watchdog(store=TimerStore.from_url(real_store.url, "test"), max_interval=0.5)
     replica.start()
     yield replica
@@ -131,18 +146,6 @@ def sleeper(processes: list[subprocess.Popen[Any]]) -> subprocess.Popen[Any]:
     process = subprocess.Popen(["sleep", "60"])
     processes.append(process)
     return process
-
-
-def seed_last_hour(store: TimerStore) -> None:
-    """An hour of history samples before this test, as the watchdogs' heartbeats would have written them, so the
-    live-timers chart has its hour (the samples of this test's own watchdog follow them)."""
-    first = bucket_ms(store.server_time_ms()) - 3600 * 1000
-    pipe = store.redis.pipeline(transaction=False)
-    for index in range(3600 // SAMPLE_SECONDS):
-        wave = 6 + round(4 * abs(((index % 120) - 60) / 60))
-        values = [wave, 1 if index % 97 == 0 else 0, 1 if index % 131 == 0 else 0, 1, 0]
-        pipe.xadd(store.keys.history, dict(zip(SAMPLE_FIELDS, values, strict=True)), id=f"{first + index * 10_000}-0")
-    pipe.execute()
 
 
 def timer_rows(driver: Any) -> dict[str, dict[str, str]]:
@@ -187,7 +190,6 @@ def test_a_hung_worker_counts_down_and_its_kill_shows_in_the_feed(
     tmp_path: Path,
 ) -> None:
     store = real_store
-    seed_last_hour(store)
     for index, ttl in enumerate((25, 45, 70, 95)):
         store.acquire(Owner.of_pid(sleeper(processes).pid), f"train.py#{40 + index} step {index}", ttl)
     store.acquire(Owner("gpu-07-4026531836", 4242, 912345), HOSTILE_SCOPE, 600)
