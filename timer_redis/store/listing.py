@@ -112,6 +112,7 @@ class TimerListing(StoreBase):
         worker: str | None = None,
         within: float | None = None,
         scope: str | None = None,
+        group: str | None = None,
         scan_limit: int = SCAN_LIMIT,
     ) -> TimerInfos:
         """Live timers, earliest deadline first, reading only as many workers as the answer needs.
@@ -123,7 +124,9 @@ class TimerListing(StoreBase):
             worker: only timers of this worker (read from its record alone).
             within: only timers due within this many seconds from now.
             scope: only timers whose scope matches this glob (``fnmatch``: ``step-*``).
-            scan_limit: with ``node`` or ``scope`` and a ``limit``, look at no more than this many workers.
+            group: only timers of workers in this group.
+            scan_limit: with ``node``, ``scope`` or ``group`` and a ``limit``, look at no more than this many
+                workers.
         """
         max_ms = math.inf
         if due_only or within is not None:
@@ -132,9 +135,11 @@ class TimerListing(StoreBase):
             parse_worker_id(worker)
             if node is not None and node_of(worker) != node:
                 return []
-            own = [t for t in self._timers_of([worker])[worker] if t.deadline_ms <= max_ms and _matches(t, scope)]
+            own = [
+                t for t in self._timers_of([worker])[worker] if t.deadline_ms <= max_ms and _matches(t, scope, group)
+            ]
             return sorted(own, key=_deadline)[:limit]
-        filtered = node is not None or scope is not None
+        filtered = node is not None or scope is not None or group is not None
         timers: TimerInfos = []
         offset = 0
         chunk = LIST_CHUNK if limit is None or filtered else min(limit, LIST_CHUNK)
@@ -151,7 +156,7 @@ class TimerListing(StoreBase):
             members = [as_text(member) for member, _ in rows]
             wanted = [m for m in members if is_worker_id(m) and (node is None or node_of(m) == node)]
             for timers_of in self._timers_of(wanted).values():
-                timers += [t for t in timers_of if t.deadline_ms <= max_ms and _matches(t, scope)]
+                timers += [t for t in timers_of if t.deadline_ms <= max_ms and _matches(t, scope, group)]
             if limit is not None:
                 timers = sorted(timers, key=_deadline)[:limit]
                 # Every timer of a later worker is due no earlier than that worker's score, which is at least the
@@ -185,5 +190,5 @@ def _deadline(timer: TimerInfo) -> int:
     return timer.deadline_ms
 
 
-def _matches(timer: TimerInfo, scope: str | None) -> bool:
-    return scope is None or fnmatch.fnmatchcase(timer.scope_id, scope)
+def _matches(timer: TimerInfo, scope: str | None, group: str | None) -> bool:
+    return (scope is None or fnmatch.fnmatchcase(timer.scope_id, scope)) and (group is None or timer.group == group)
