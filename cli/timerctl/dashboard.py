@@ -66,6 +66,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8377
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 2000
+MAX_GROUP_LENGTH = 256
 # Newest events read per /api/state call: the feed shows the newest; a burst larger than this between two polls
 # is reported as a gap instead of being paged through (a mass expiry writes 200,000 events).
 FEED_READ = 200
@@ -145,6 +146,9 @@ def timer_view(timer: TimerInfo, this_node: str, owners: dict[str, str]) -> dict
         "acquired_ms": timer.acquired_ms,
         "signal": timer.signal,
         "signal_name": signal_name(timer.signal),
+        "kill_after_ms": timer.kill_after_ms,
+        "group": timer.group,
+        "signed": timer.signed,
         "owner": owners[timer.worker],
     }
 
@@ -156,11 +160,11 @@ def event_view(event: Event) -> dict[str, Any]:
         "id": event.id,
         "time_ms": event_id_key(event.id)[0],
         "type": event.type or "?",
-        "worker": fields.get("worker", fields.get("member", "")),
+        "worker": fields.get("worker", ""),
         "pid": _int_or_none(fields.get("pid", "")),
         "scope_id": fields.get("scope_id", ""),
         "lag_ms": _int_or_none(fields.get("lag_ms", "")),
-        "detail": fields.get("detail", fields.get("reason", "")),
+        "detail": " · ".join(text for text in (fields.get("detail"), fields.get("reason")) if text),
         "fields": fields,
     }
 
@@ -176,6 +180,8 @@ def state_view(stats: dict[str, Any]) -> dict[str, Any]:
         "earliest_deadline_ms": stats["earliest_deadline_ms"],
         "pending_deliveries": sum(pending.values()),
         "stuck_nodes": sorted(stuck),
+        "eviction_policy": stats.get("eviction_policy"),
+        "may_evict": bool(stats.get("may_evict")),
         "nodes": [{"node": node, **info, "stuck": node in stuck} for node, info in sorted(stats["nodes"].items())],
         "replicas": [
             {
@@ -251,30 +257,38 @@ class StateQuery:
 
     node: str | None = None
     scope: str | None = None
+    group: str | None = None
     limit: int = DEFAULT_LIMIT
     after: str | None = None
+
+    @property
+    def filtered(self) -> bool:
+        return self.node is not None or self.scope is not None or self.group is not None
 
     @classmethod
     def parse(cls, params: dict[str, str]) -> StateQuery:
         """From a query string's parameters (empty means unset).
 
         Raises:
-            InvalidArgumentError: a malformed node, scope glob, limit or event id.
+            InvalidArgumentError: a malformed node, scope glob, group, limit or event id.
         """
         node = params.get("node") or None
         scope = params.get("scope") or None
+        group = params.get("group") or None
         after = params.get("after") or None
         raw_limit = params.get("limit") or str(DEFAULT_LIMIT)
         if node is not None:
             check_node(node)
         if scope is not None:
             check_scope_id(scope)
+        if group is not None and len(group) > MAX_GROUP_LENGTH:
+            raise InvalidArgumentError(f"group must be at most {MAX_GROUP_LENGTH} characters, got {group[:40]!r}...")
         if after is not None and not _EVENT_ID.match(after):
             raise InvalidArgumentError(f"after must be an event id like 1700000000000-0, got {after!r}")
         limit = _int_or_none(raw_limit)
         if limit is None or not 1 <= limit <= MAX_LIMIT:
             raise InvalidArgumentError(f"limit must be an integer from 1 to {MAX_LIMIT}, got {raw_limit!r}")
-        return cls(node, scope, limit, after)
+        return cls(node, scope, group, limit, after)
 
 
 class DashboardData:
@@ -307,13 +321,13 @@ class DashboardData:
         with _section("stats", errors):
             data["stats"] = state_view(store.stats())
         with _section("timers", errors):
-            timers = store.list(limit=query.limit, node=query.node, scope=query.scope)
+            timers = store.list(limit=query.limit, node=query.node, scope=query.scope, group=query.group)
             owners: dict[str, str] = {}
             data["timers"] = {
                 "items": [timer_view(timer, self.node, owners) for timer in timers],
                 "limit": query.limit,
                 "total": store.count(),
-                "filtered": query.node is not None or query.scope is not None,
+                "filtered": query.filtered,
             }
         with _section("events", errors):
             data["events"] = self._new_events(query.after)

@@ -190,8 +190,9 @@ def test_a_hung_worker_counts_down_and_its_kill_shows_in_the_feed(
     tmp_path: Path,
 ) -> None:
     store = real_store
-    for index, ttl in enumerate((25, 45, 70, 95)):
+    for index, ttl in enumerate((25, 45, 70)):
         store.acquire(Owner.of_pid(sleeper(processes).pid), f"train.py#{40 + index} step {index}", ttl)
+    store.acquire(Owner.of_pid(sleeper(processes).pid), "checkpoint.py#12 save", 95, signal="TERM", kill_after=10)
     store.acquire(Owner("gpu-07-4026531836", 4242, 912345), HOSTILE_SCOPE, 600)
     # A node with no replica: its timer is claimed by ours, but nothing will deliver the order, so it is stuck.
     store.acquire(Owner("gpu-09-4026531836", 777, 12), "eval.py#12 batch 3", 0.2)

@@ -174,10 +174,12 @@
   function updateRow(tr, item) {
     const previous = tr.item;
     tr.item = item;
-    if (previous && previous.deadline_ms === item.deadline_ms && previous.owner === item.owner) return;
+    if (previous && previous.deadline_ms === item.deadline_ms && previous.owner === item.owner
+      && previous.group === item.group) return;
     const cells = tr.cells;
     cells[1].textContent = item.scope_id;
-    cells[1].title = `${item.scope_id}\nworker ${item.worker}`;
+    if (item.group) cells[1].append(el("span", "tag", item.group));
+    cells[1].title = `${item.scope_id}\nworker ${item.worker}${item.group ? `\ngroup ${item.group}` : ""}`;
     const node = cells[2].firstChild;
     const [badge, pid] = cells[2].lastChild.children;
     badge.className = `badge ${item.owner}`;
@@ -192,6 +194,8 @@
     node.title = `worker ${item.worker}`;
     pid.textContent = item.pid === null ? "" : `pid ${item.pid}`;
     cells[3].textContent = signalName(item.signal);
+    if (item.kill_after_ms) cells[3].append(el("span", "escalation", `KILL +${duration(item.kill_after_ms)}`));
+    cells[3].title = item.signed ? "signed: a watchdog with the namespace secret verifies it" : "not signed";
     cells[4].textContent = clock(item.deadline_ms, false);
     cells[4].title = new Date(item.deadline_ms - offsetMs).toString();
     cells[5].hidden = !actions;
@@ -307,7 +311,8 @@
       case "delivered": return [`SIG${signalName(event.fields.signal)} → ${who}`, event.scope_id];
       case "expired": return [event.worker, event.scope_id];
       case "released": return [`${event.fields.count || "?"} timer(s) of ${event.worker}`, event.detail];
-      case "malformed": return ["a timer that names no worker", event.fields.member || ""];
+      case "malformed": return ["an entry that does not parse", [event.fields.key || event.fields.member, event.detail]
+        .filter(Boolean).join(" · ")];
       default: return [who, `${event.scope_id}${detail}`];
     }
   }
@@ -425,8 +430,10 @@
     const params = new URLSearchParams();
     const node = $("filter-node").value;
     const scope = $("filter-scope").value.trim();
+    const group = $("filter-group").value.trim();
     if (node) params.set("node", node);
     if (scope) params.set("scope", scope);
+    if (group) params.set("group", group);
     params.set("limit", $("limit").value);
     if (lastEventId) params.set("after", lastEventId);
     return params.toString();
@@ -471,8 +478,11 @@
     if (reply.timers) renderTimers(reply.timers);
     if (reply.events) renderEvents(reply.events, fresh);
     const problems = Object.entries(reply.errors || {}).map(([part, message]) => `${part}: ${message}`);
-    banner(problems.length ? `Some of the namespace could not be read (garbage in Redis?) — ${problems.join("; ")}` : "",
-      false);
+    if (problems.length) banner(`Some of the namespace could not be read (garbage in Redis?) — ${problems.join("; ")}`);
+    else if (reply.stats && reply.stats.may_evict) {
+      banner(`Redis' maxmemory-policy is ${reply.stats.eviction_policy}: when Redis is full it may delete timers, `
+        + "silently. Use noeviction.");
+    } else banner("");
   }
 
   async function pollHistory() {
@@ -506,10 +516,12 @@
     readToken();
     for (const id of ["filter-node", "limit"]) $(id).addEventListener("change", () => poll(true));
     let typing = null;
-    $("filter-scope").addEventListener("input", () => {
-      clearTimeout(typing);
-      typing = setTimeout(() => poll(true), 250);
-    });
+    for (const id of ["filter-scope", "filter-group"]) {
+      $(id).addEventListener("input", () => {
+        clearTimeout(typing);
+        typing = setTimeout(() => poll(true), 250);
+      });
+    }
     window.addEventListener("resize", renderCharts);
     poll();
     pollHistory();
