@@ -131,6 +131,7 @@ class Keys:
         self.deadlines = self.prefix + "deadlines"
         self.count = self.prefix + "count"
         self.events = self.prefix + "events"
+        self.history = self.prefix + "history"
         self.nodes = self.prefix + "nodes"
         self.replicas = self.prefix + "replicas"
         self.wake_channel = self.prefix + "wake"

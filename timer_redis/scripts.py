@@ -94,7 +94,7 @@ class Scripts:
 
         Raises:
             ValueError: ``keys`` is not as many keys as the script's header declares (a bug in this module); the
-                claim script declares a variable number (``KEYS[5..]``), checked by the script itself.
+                claim script declares a variable number (``KEYS[6..]``), checked by the script itself.
         """
         expected = KEY_COUNTS[name]
         if len(keys) != expected and not (name == "claim_expired" and len(keys) >= expected):
@@ -183,7 +183,7 @@ class Scripts:
         ``strays`` (members that are not worker ids); returns its flat reply (see the script's header)."""
         nodes = list(dict.fromkeys(node for _, node in workers))
         index = {node: position for position, node in enumerate(nodes, start=1)}
-        script_keys = [keys.deadlines, keys.events, keys.nodes, keys.count]
+        script_keys = [keys.deadlines, keys.events, keys.nodes, keys.count, keys.replicas]
         script_keys += [keys.worker(worker) for worker, _ in workers]
         script_keys += [keys.deliver(node) for node in nodes]
         args: list[Any] = [claimer, maxlen, keys.wake_channel, len(workers), len(nodes)]

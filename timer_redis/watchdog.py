@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from .delivery import DeliveryOrder, DeliveryResult, Outcome, Refusal, SignalPolicy, deliver, screen
 from .errors import AuthenticationError, StoreUnavailableError, TimerRedisError
+from .history import record_sample
 from .process import default_node
 from .settings import TimerSettings, parse_signal, url_from_env
 from .signing import SignedTimer
@@ -385,6 +386,7 @@ class Watchdog:
         if not self._warned:
             self._warned = True
             self.warn_at_start()
+        record_sample(self.store)  # at most one per 10 s for the namespace, whatever the number of replicas
         self.store.forget_idle_consumers(self.node, int(self.settings.lease * 1000), keep=self.replica_id)
         self.store.forget_gone_nodes(self.settings.node_retention)
         now_ms = self._started_ms and self.server_now_ms()

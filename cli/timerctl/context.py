@@ -5,6 +5,8 @@ Exit codes (README "timerctl"): scripts can tell an outage from a typo from a mi
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Any
 
 import click
@@ -189,3 +191,16 @@ def _name(param: click.Parameter | None) -> str:
 
 
 SECONDS = Seconds()
+
+
+def wait_for_interrupt() -> None:
+    """Return on SIGINT (Ctrl-C) or SIGTERM, whichever comes first; the previous handlers are restored."""
+    stop = threading.Event()
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in handled}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -22,6 +22,7 @@ from timer_redis.keys import MEMBER_SEPARATOR, check_node, parse_worker_id, spli
 from timer_redis.settings import DEFAULT_URL, parse_signal
 
 from .context import EXIT_INVALID, SECONDS, CliError, CliState, pass_state
+from .dashboard import dashboard
 from .demo import demo
 from .group import TimerctlGroup
 from .owners import (
@@ -798,3 +799,4 @@ def unwatched_nodes(store: TimerStore, data: dict[str, Any]) -> dict[str, int]:
 
 cli.add_command(run)
 cli.add_command(demo)
+cli.add_command(dashboard)

@@ -102,6 +102,7 @@ def hang_signed(url: str, secret: bytes, after: float, namespace: str = "test") 
 
 
 def sleep_forever(ready: Any) -> None:
-    """A process that holds no timer: a forged order's target."""
+    """A process that holds no timer: a forged order's target. It lives until it is killed."""
     ready.set()
-    time.sleep(60)
+    while True:
+        time.sleep(3600)

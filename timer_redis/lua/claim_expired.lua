@@ -6,8 +6,9 @@
 -- KEYS[2] events     stream  audit trail, capped with MAXLEN ~
 -- KEYS[3] nodes      zset    node -> when an order was last queued for it (ms)
 -- KEYS[4] count      string  how many timers the namespace holds
--- KEYS[5..4+w]       string  the record of each candidate worker (records.py), in the order of ARGV's workers
--- KEYS[5+w..4+w+n]   stream  the delivery stream of each node, in the order of ARGV's nodes
+-- KEYS[5] replicas   hash    watchdog heartbeats (only checked for its type here)
+-- KEYS[6..5+w]       string  the record of each candidate worker (records.py), in the order of ARGV's workers
+-- KEYS[6+w..5+w+n]   stream  the delivery stream of each node, in the order of ARGV's nodes
 -- ARGV[1] claimer    id of the claiming replica (no whitespace), for the audit trail
 -- ARGV[2] maxlen     int > 0, approximate cap of the events stream
 -- ARGV[3] wake       pub/sub channel the watchdogs sleep on
@@ -33,6 +34,7 @@ local deadlines_key = KEYS[1]
 local events_key = KEYS[2]
 local nodes_key = KEYS[3]
 local count_key = KEYS[4]
+local replicas_key = KEYS[5]
 local claimer = ARGV[1]
 local maxlen = to_int(ARGV[2], 1)
 local wake_channel = ARGV[3]
@@ -43,7 +45,7 @@ if not maxlen then return bad_arg('maxlen', ARGV[2]) end
 if not worker_count then return bad_arg('w', ARGV[4]) end
 if not node_count then return bad_arg('n', ARGV[5]) end
 if not is_token(claimer) then return bad_arg('claimer', claimer) end
-if #KEYS ~= 4 + worker_count + node_count then return bad_arg('keys', #KEYS) end
+if #KEYS ~= 5 + worker_count + node_count then return bad_arg('keys', #KEYS) end
 if #ARGV < 5 + 2 * worker_count + node_count then return bad_arg('argv', #ARGV) end
 local first_worker, first_index, first_node = 6, 6 + worker_count, 6 + 2 * worker_count
 local first_stray = first_node + node_count
@@ -54,8 +56,9 @@ local function report(key, detail)
 end
 
 -- Keys of ours that hold another type cannot hold anything of ours: replaced, so claiming goes on.
-local structure = {{deadlines_key, 'zset'}, {events_key, 'stream'}, {nodes_key, 'zset'}, {count_key, 'string'}}
-for i = 1, node_count do structure[#structure + 1] = {KEYS[4 + worker_count + i], 'stream'} end
+local structure = {{deadlines_key, 'zset'}, {events_key, 'stream'}, {nodes_key, 'zset'}, {count_key, 'string'},
+  {replicas_key, 'hash'}}
+for i = 1, node_count do structure[#structure + 1] = {KEYS[5 + worker_count + i], 'stream'} end
 for _, pair in ipairs(structure) do
   local found = redis.call('TYPE', pair[1])['ok']
   if found ~= 'none' and found ~= pair[2] then
@@ -79,7 +82,7 @@ end
 for i = 1, worker_count do
   local worker = ARGV[first_worker + i - 1]
   local node_index = to_int(ARGV[first_index + i - 1], 1)
-  local worker_key = KEYS[4 + i]
+  local worker_key = KEYS[5 + i]
   local score = redis.call('ZSCORE', deadlines_key, worker)
   if score and score_value(score) <= now and node_index and node_index <= node_count then
     local record = redis.pcall('GET', worker_key)
@@ -118,7 +121,8 @@ for i = 1, worker_count do
         doomed_keys[#doomed_keys + 1] = worker_key
       else
         if #bad == 0 then
-          report(deadlines_key, 'the score of ' .. worker .. ' was below its earliest timer; moved to it')
+          report(deadlines_key, 'the score of ' .. worker .. ' (' .. score .. ') was below its earliest timer ('
+            .. int_text(earliest) .. '); moved to it')
         end
         local lines = {}
         for _, entry in ipairs(entries) do lines[#lines + 1] = entry.line end
@@ -145,7 +149,7 @@ if removed_timers > 0 then adjust_count(count_key, -removed_timers) end
 for index, lines in pairs(orders) do
   local node = ARGV[first_node + index - 1]
   -- The order is one field, a line per worker, so a watchdog reads a batch of them with one entry.
-  redis.call('XADD', KEYS[4 + worker_count + index], '*', 'o1', table.concat(lines, '\n'))
+  redis.call('XADD', KEYS[5 + worker_count + index], '*', 'o1', table.concat(lines, '\n'))
   redis.call('ZADD', nodes_key, now, node)
   redis.call('PUBLISH', wake_channel, 'deliver ' .. node)
 end

@@ -71,7 +71,7 @@ class StoreHealth(StoreBase):
         try:
             return self._heartbeat(replica, node, started_ms)
         except WrongTypeError:
-            self._replace_wrong_types({self.keys.replicas: "hash", self.keys.nodes: "zset"})
+            self._replace_wrong_types()
             return self._heartbeat(replica, node, started_ms)
 
     def _heartbeat(self, replica: str, node: str, started_ms: int | None) -> int:
@@ -101,23 +101,11 @@ class StoreHealth(StoreBase):
             writes.execute()
         return started_ms
 
-    def _replace_wrong_types(self, expected: dict[str, str]) -> None:
-        """Delete those of ``expected`` (key -> type) that hold another type, each with a ``malformed`` event."""
+    def _replace_wrong_types(self) -> None:
+        """Replace our keys that hold another type, each with one ``malformed`` event: claim_expired.lua does it
+        atomically, so two replicas that both find such a key report it once."""
         with self.translated_errors():
-            for key, kind in expected.items():
-                found = as_text(self.redis.type(key))
-                if found not in ("none", kind):
-                    log.warning("%s held a %s instead of a %s: deleted", key, found, kind)
-                    self.redis.delete(key)
-                    self._report_malformed(key, f"held a {found} instead of a {kind}: deleted")
-
-    def _report_malformed(self, key: str, detail: str) -> None:
-        """One ``malformed`` event (an events stream of another type is replaced first, as the claim does)."""
-        with self.translated_errors(self.keys.events):
-            if as_text(self.redis.type(self.keys.events)) not in ("none", "stream"):
-                self.redis.delete(self.keys.events)
-            fields = {"type": "malformed", "key": key, "detail": detail}
-            self.redis.xadd(self.keys.events, fields, maxlen=self.settings.events_maxlen, approximate=True)
+            self.scripts.claim_expired(self._raw, self.keys, "heartbeat", self.settings.events_maxlen, [])
 
     def forget_gone_nodes(self, retention_seconds: float) -> list[str]:
         """Remove the delivery streams and ``nodes`` entries of a few nodes silent for ``retention_seconds``: no

@@ -113,6 +113,7 @@ class TimerListing(StoreBase):
         within: float | None = None,
         scope: str | None = None,
         pid: int | None = None,
+        group: str | None = None,
         scan_limit: int = SCAN_LIMIT,
     ) -> TimerInfos:
         """Live timers, earliest deadline first, reading only as many workers as the answer needs.
@@ -125,7 +126,9 @@ class TimerListing(StoreBase):
             within: only timers due within this many seconds from now.
             scope: only timers whose scope matches this glob (``fnmatch``: ``step-*``).
             pid: only timers of workers with this pid (on any node).
-            scan_limit: with ``node``, ``scope`` or ``pid`` and a ``limit``, look at no more than this many workers.
+            group: only timers of workers in this group.
+            scan_limit: with ``node``, ``scope``, ``pid`` or ``group`` and a ``limit``, look at no more than this
+                many workers.
         """
         max_ms = math.inf
         if due_only or within is not None:
@@ -134,9 +137,11 @@ class TimerListing(StoreBase):
             parse_worker_id(worker)
             if (node is not None and node_of(worker) != node) or (pid is not None and _pid_of(worker) != pid):
                 return []
-            own = [t for t in self._timers_of([worker])[worker] if t.deadline_ms <= max_ms and _matches(t, scope)]
+            own = [
+                t for t in self._timers_of([worker])[worker] if t.deadline_ms <= max_ms and _matches(t, scope, group)
+            ]
             return sorted(own, key=_deadline)[:limit]
-        filtered = node is not None or scope is not None or pid is not None
+        filtered = node is not None or scope is not None or pid is not None or group is not None
         timers: TimerInfos = []
         offset = 0
         chunk = LIST_CHUNK if limit is None or filtered else min(limit, LIST_CHUNK)
@@ -157,7 +162,7 @@ class TimerListing(StoreBase):
                 if is_worker_id(m) and (node is None or node_of(m) == node) and (pid is None or _pid_of(m) == pid)
             ]
             for timers_of in self._timers_of(wanted).values():
-                timers += [t for t in timers_of if t.deadline_ms <= max_ms and _matches(t, scope)]
+                timers += [t for t in timers_of if t.deadline_ms <= max_ms and _matches(t, scope, group)]
             if limit is not None:
                 timers = sorted(timers, key=_deadline)[:limit]
                 # Every timer of a later worker is due no earlier than that worker's score, which is at least the
@@ -195,5 +200,5 @@ def _deadline(timer: TimerInfo) -> int:
     return timer.deadline_ms
 
 
-def _matches(timer: TimerInfo, scope: str | None) -> bool:
-    return scope is None or fnmatch.fnmatchcase(timer.scope_id, scope)
+def _matches(timer: TimerInfo, scope: str | None, group: str | None) -> bool:
+    return (scope is None or fnmatch.fnmatchcase(timer.scope_id, scope)) and (group is None or timer.group == group)
