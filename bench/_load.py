@@ -6,6 +6,7 @@ writes, whatever that layout is.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Iterator
 
 from timer_redis import TimerStore
@@ -38,7 +39,7 @@ def load_timers(store: TimerStore, port: int, timers: Iterable[tuple[str, str]],
 def set_all_deadlines(store: TimerStore, deadline_ms: int) -> int:
     """Move every live timer's deadline to ``deadline_ms`` (a benchmark shortcut for "all due at once"): each
     worker's record and its score. Touches keys it does not declare: a benchmark shortcut, never library code."""
-    script = with_includes("""
+    script = with_includes(textwrap.dedent("""
     --- @include "prelude"
     local deadline = tonumber(ARGV[1])
     local members = redis.call('ZRANGE', KEYS[1], 0, -1)
@@ -53,5 +54,5 @@ def set_all_deadlines(store: TimerStore, deadline_ms: int) -> int:
       redis.call('ZADD', KEYS[1], deadline, members[i])
     end
     return #members
-    """)
+    """))
     return int(store.redis.eval(script, 1, store.keys.deadlines, deadline_ms, store.keys.worker("")))

@@ -118,7 +118,9 @@ class Keys:
 
     Attributes:
         deadlines: zset, one member per worker with live timers, scored by its earliest deadline (ms, Redis clock).
-        count: string, how many timers are live (a worker's record holds several).
+        extra: string, how many live timers there are beyond the first of each worker (count = workers + extra).
+        wake_at: string, when the next watchdog to wake plans to (ms, Redis clock): an acquire due later needs no
+            wake-up message.
         events: stream, the capped audit trail.
         nodes: zset, every node that has had a delivery stream or a replica, scored by when it was last active.
         replicas: hash, watchdog heartbeats.
@@ -129,7 +131,8 @@ class Keys:
         self.namespace = check_namespace(namespace)
         self.prefix = f"timer:{{{namespace}}}:"
         self.deadlines = self.prefix + "deadlines"
-        self.count = self.prefix + "count"
+        self.extra = self.prefix + "extra"
+        self.wake_at = self.prefix + "wake_at"
         self.events = self.prefix + "events"
         self.history = self.prefix + "history"
         self.nodes = self.prefix + "nodes"

@@ -51,11 +51,14 @@ def _lua_file(*parts: str) -> str:
     return resources.files(__package__).joinpath("lua", *parts).read_text(encoding="utf-8")
 
 
+def with_includes(source: str) -> str:
+    """``source`` with each ``--- @include "<name>"`` line replaced by ``lua/includes/<name>.lua``."""
+    return _INCLUDE.sub(lambda match: _lua_file("includes", f"{match.group(1)}.lua").rstrip("\n"), source)
+
+
 def script_source(name: str) -> str:
     """The text of ``lua/<name>.lua`` as Redis runs it: its includes pasted in."""
-    return _INCLUDE.sub(
-        lambda match: _lua_file("includes", f"{match.group(1)}.lua").rstrip("\n"), _lua_file(f"{name}.lua")
-    )
+    return with_includes(_lua_file(f"{name}.lua"))
 
 
 def header_key_count(source: str) -> int:
@@ -104,7 +107,7 @@ class Scripts:
     @staticmethod
     def acquire_keys(keys: Keys, worker: str) -> list[str]:
         """KEYS of acquire.lua (and release.lua)."""
-        return [keys.deadlines, keys.worker(worker), keys.count]
+        return [keys.deadlines, keys.worker(worker), keys.extra, keys.wake_at]
 
     @staticmethod
     def acquire_worker_args(keys: Keys, worker: str, options: WorkerOptions) -> list[Any]:
@@ -167,7 +170,7 @@ class Scripts:
 
     def release_worker(self, client: Any, keys: Keys, worker: str, reason: str, maxlen: int) -> int:
         """Run release_worker.lua; returns how many timers were removed."""
-        script_keys = [keys.deadlines, keys.worker(worker), keys.count, keys.events]
+        script_keys = [keys.deadlines, keys.worker(worker), keys.extra, keys.events]
         return int(self.run("release_worker", client, script_keys, [worker, reason, maxlen]))
 
     def claim_expired(
@@ -183,7 +186,7 @@ class Scripts:
         ``strays`` (members that are not worker ids); returns its flat reply (see the script's header)."""
         nodes = list(dict.fromkeys(node for _, node in workers))
         index = {node: position for position, node in enumerate(nodes, start=1)}
-        script_keys = [keys.deadlines, keys.events, keys.nodes, keys.count, keys.replicas]
+        script_keys = [keys.deadlines, keys.events, keys.nodes, keys.extra, keys.replicas]
         script_keys += [keys.worker(worker) for worker, _ in workers]
         script_keys += [keys.deliver(node) for node in nodes]
         args: list[Any] = [claimer, maxlen, keys.wake_channel, len(workers), len(nodes)]

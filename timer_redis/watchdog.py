@@ -320,7 +320,9 @@ class Watchdog:
                     backoff, failing_since, succeeded = 0.1, None, True
                     if result.backlog:
                         continue
-                    self._sleep(pubsub, min(self._sleep_seconds(result), self._until_housekeeping()))
+                    seconds = min(self._sleep_seconds(result), self._until_housekeeping())
+                    self.store.plan_wake(self.server_now_ms() + int(seconds * 1000))
+                    self._sleep(pubsub, seconds)
                 except Exception as error:  # one failed pass must never end the replica: log, back off, go on
                     if isinstance(error, AuthenticationError) and not succeeded:
                         raise

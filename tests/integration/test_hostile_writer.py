@@ -128,7 +128,7 @@ def apply(scene: Scene, write: tuple[str, Any]) -> None:
     elif what == "replace":
         name, kind, value = payload
         key = {
-            "count": keys.count,
+            "count": keys.extra,
             "events": keys.events,
             "nodes": keys.nodes,
             "replicas": keys.replicas,

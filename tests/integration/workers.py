@@ -106,3 +106,11 @@ def sleep_forever(ready: Any) -> None:
     ready.set()
     while True:
         time.sleep(3600)
+
+
+def release_then_sleep(url: str, after: float, sleep: float) -> None:
+    """Acquire and release at once (the release held for a moment), then sleep past the deadline."""
+    client = configure(url)
+    client.acquire("released", time.time() + after)
+    client.release("released")
+    time.sleep(sleep)

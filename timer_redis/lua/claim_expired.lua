@@ -5,7 +5,7 @@
 -- KEYS[1] deadlines  zset    member = worker id, score = that worker's earliest deadline (ms, server clock)
 -- KEYS[2] events     stream  audit trail, capped with MAXLEN ~
 -- KEYS[3] nodes      zset    node -> when an order was last queued for it (ms)
--- KEYS[4] count      string  how many timers the namespace holds
+-- KEYS[4] extra      string  how many timers the namespace holds beyond the first of each worker
 -- KEYS[5] replicas   hash    watchdog heartbeats (only checked for its type here)
 -- KEYS[6..5+w]       string  the record of each candidate worker (records.py), in the order of ARGV's workers
 -- KEYS[6+w..5+w+n]   stream  the delivery stream of each node, in the order of ARGV's nodes
@@ -33,7 +33,7 @@
 local deadlines_key = KEYS[1]
 local events_key = KEYS[2]
 local nodes_key = KEYS[3]
-local count_key = KEYS[4]
+local extra_key = KEYS[4]
 local replicas_key = KEYS[5]
 local claimer = ARGV[1]
 local maxlen = to_int(ARGV[2], 1)
@@ -56,7 +56,7 @@ local function report(key, detail)
 end
 
 -- Keys of ours that hold another type cannot hold anything of ours: replaced, so claiming goes on.
-local structure = {{deadlines_key, 'zset'}, {events_key, 'stream'}, {nodes_key, 'zset'}, {count_key, 'string'},
+local structure = {{deadlines_key, 'zset'}, {events_key, 'stream'}, {nodes_key, 'zset'}, {extra_key, 'string'},
   {replicas_key, 'hash'}}
 for i = 1, node_count do structure[#structure + 1] = {KEYS[5 + worker_count + i], 'stream'} end
 for _, pair in ipairs(structure) do
@@ -74,7 +74,7 @@ local orders = {}          -- node index -> order lines
 local doomed_members = {}  -- removed from deadlines in one ZREM per chunk
 local doomed_keys = {}     -- records deleted in one DEL per chunk
 local rewrites = {}        -- {worker, record key, lines, earliest}: garbage lines dropped, score fixed
-local removed_timers = 0
+local removed_extra = 0
 local function token(text)
   return text == '' and '-' or text
 end
@@ -107,15 +107,15 @@ for i = 1, worker_count do
         -- One order per worker: its first due timer reaps it and clears all of its timers (torch clear_timers).
         doomed_members[#doomed_members + 1] = worker
         doomed_keys[#doomed_keys + 1] = worker_key
-        removed_timers = removed_timers + #entries
+        removed_extra = removed_extra + #entries - 1
         orders[node_index] = orders[node_index] or {}
         local lines = orders[node_index]
-        lines[#lines + 1] = table.concat({worker, int_text(first.signal), int_text(first.deadline),
-          int_text(first.ttl), token(first.kill_after), token(first.dump_signal), token(first.group),
-          token(first.mac), now_text, claimer, first.scope}, ' ')
+        lines[#lines + 1] = worker .. ' ' .. first.signal_text .. ' ' .. first.deadline_text .. ' ' .. first.ttl_text
+          .. ' ' .. token(first.kill_after) .. ' ' .. token(first.dump_signal) .. ' ' .. token(first.group) .. ' '
+          .. token(first.mac) .. ' ' .. now_text .. ' ' .. claimer .. ' ' .. first.scope
         events[#events + 1] = {'type', 'expired', 'worker', worker, 'scope_id', first.scope,
-          'deadline_ms', int_text(first.deadline), 'claimed_ms', now_text, 'claimer', claimer}
-        result[#result + 1] = int_text(first.deadline) .. ' ' .. worker .. ' ' .. first.scope
+          'deadline_ms', first.deadline_text, 'claimed_ms', now_text, 'claimer', claimer}
+        result[#result + 1] = first.deadline_text .. ' ' .. worker .. ' ' .. first.scope
       elseif not earliest then
         doomed_members[#doomed_members + 1] = worker
         doomed_keys[#doomed_keys + 1] = worker_key
@@ -145,7 +145,7 @@ call_in_chunks('DEL', nil, doomed_keys)
 for _, rewrite in ipairs(rewrites) do
   store_record(deadlines_key, rewrite[2], rewrite[1], rewrite[3], rewrite[4], now)
 end
-if removed_timers > 0 then adjust_count(count_key, -removed_timers) end
+adjust_extra(extra_key, -removed_extra)
 for index, lines in pairs(orders) do
   local node = ARGV[first_node + index - 1]
   -- The order is one field, a line per worker, so a watchdog reads a batch of them with one entry.

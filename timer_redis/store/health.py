@@ -20,6 +20,7 @@ from ..keys import DELIVERY_GROUP, is_worker_id, node_of
 from ..records import parse_record
 from ..redis_compat import as_text
 from .base import StoreBase
+from .listing import extra_count
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ class StoreHealth(StoreBase):
         with self.translated_errors(self.keys.deadlines):
             now_ms = self.server_time_ms()
             pipe = self.redis.pipeline(transaction=False)
-            pipe.get(self.keys.count)
+            pipe.get(self.keys.extra)
             pipe.zcard(self.keys.deadlines)
             pipe.zcount(self.keys.deadlines, "-inf", now_ms)
             pipe.zrange(self.keys.deadlines, 0, 0, withscores=True)
@@ -214,10 +215,7 @@ class StoreHealth(StoreBase):
         pending = {node: self._pending(node) for node in node_names}
         live_replicas = Counter(r["node"] for r in replicas.values() if r["live"])
         stuck = sorted(n for n in node_names if (pending[n] or due_by_node[n]) and not live_replicas[n])
-        try:
-            live_timers = max(0, int(count or 0))
-        except (TypeError, ValueError):
-            live_timers = 0
+        live_timers = int(workers) + extra_count(count)
         policy = self.eviction_policy()
         return {
             "now_ms": now_ms,

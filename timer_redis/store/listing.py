@@ -90,13 +90,14 @@ class TimerListing(StoreBase):
     """Counting and listing the live timers of ``TimerStore``."""
 
     def count(self) -> int:
-        """How many timers are live (due or not), from the namespace's counter: O(1)."""
-        with self.translated_errors(self.keys.count):
-            value = self.redis.get(self.keys.count)
-        try:
-            return max(0, int(value or 0))
-        except ValueError:  # garbage a Redis writer put there; the next acquire or claim repairs it
-            return 0
+        """How many timers are live (due or not): the workers that hold timers plus the timers beyond the first of
+        each (a counter the scripts keep), O(1)."""
+        with self.translated_errors(self.keys.deadlines):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zcard(self.keys.deadlines)
+            pipe.get(self.keys.extra)
+            workers, extra = pipe.execute()
+        return int(workers) + extra_count(extra)
 
     def workers(self) -> int:
         """How many workers hold timers: O(1)."""
@@ -190,6 +191,14 @@ class TimerListing(StoreBase):
             entries, _ = parse_record(record if isinstance(record, (bytes, str)) else None)
             timers[worker] = [TimerInfo.of(worker, entry) for entry in entries]
         return timers
+
+
+def extra_count(value: Any) -> int:
+    """The extra-timers counter as Redis holds it; garbage a writer put there counts as 0 (the scripts repair it)."""
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _pid_of(worker: str) -> int:

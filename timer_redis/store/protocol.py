@@ -9,6 +9,7 @@ or a line that is not an order is returned as ``MalformedOrder`` (reported once,
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 import redis
 
 from ..delivery import DeliveryOrder
-from ..keys import DELIVERY_GROUP, is_worker_id, node_of, parse_worker_id
+from ..keys import DELIVERY_GROUP, is_worker_id, node_of
 from ..redis_compat import as_text
 from ..validation import whole_number
 from .base import StoreBase
@@ -75,14 +76,14 @@ def _is_missing_group(error: redis.ResponseError) -> bool:
     return "NOGROUP" in str(error) or "requires the key to exist" in str(error)
 
 
-def _digits(text: str, minimum: int = 0) -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 15 or int(text) < minimum:
-        raise ValueError(text)
-    return int(text)
-
-
-def _optional(text: str) -> int | None:
-    return None if text == "-" else _digits(text, 1)
+# One order line (claim_expired.lua's format), checked in one match: a batch holds up to 1,000.
+_ORDER = re.compile(
+    r"(?P<worker>(?P<node>[A-Za-z0-9_.@+=-]{1,128}):(?P<pid>[0-9]{1,10}):(?P<start>[0-9]{1,20}))"
+    r" (?P<signal>[0-9]{1,3}) (?P<deadline>[0-9]{1,15}) (?P<ttl>[0-9]{1,15})"
+    r" (?P<kill_after>[0-9]{1,15}|-) (?P<dump>[0-9]{1,3}|-) (?P<group>\S+) (?P<mac>\S+)"
+    r" (?P<claimed>[0-9]{1,15}) (?P<claimer>\S+) (?P<scope>.+)",
+    re.ASCII,
+)
 
 
 def parse_order(entry_id: str, line: str) -> DeliveryOrder:
@@ -91,28 +92,31 @@ def parse_order(entry_id: str, line: str) -> DeliveryOrder:
     Raises:
         ValueError: the line is not an order.
     """
-    parts = line.split(" ", 10)
-    if len(parts) != 11 or not parts[10]:
-        raise ValueError("not 11 fields")
-    worker, signal, deadline, ttl, kill_after, dump_signal, group, mac, claimed, claimer, scope_id = parts
-    node, pid, start_time = parse_worker_id(worker)
+    match = _ORDER.fullmatch(line)
+    if match is None:
+        raise ValueError("not an order")
+    worker, node, pid, start, signal, deadline, ttl, kill_after, dump, group, mac, claimed, claimer, scope = (
+        match.groups()
+    )
+    if signal == "0" or kill_after == "0" or dump == "0":
+        raise ValueError("a zero signal or escalation")
     return DeliveryOrder(
-        entry_id=entry_id,
-        worker=worker,
-        node=node,
-        pid=pid,
-        start_time=start_time,
-        signal=_digits(signal, 1),
-        scope_id=scope_id,
-        deadline_ms=_digits(deadline),
-        claimed_ms=_digits(claimed),
-        claimer=claimer,
-        ttl_ms=_digits(ttl),
-        kill_after_ms=_optional(kill_after),
-        dump_signal=_optional(dump_signal),
-        group=None if group == "-" else group,
-        mac="" if mac == "-" else mac,
-        line=line,
+        entry_id,
+        worker,
+        node,
+        int(pid),
+        int(start),
+        int(signal),
+        scope,
+        int(deadline),
+        int(claimed),
+        claimer,
+        int(ttl),
+        None if kill_after == "-" else int(kill_after),
+        None if dump == "-" else int(dump),
+        None if group == "-" else group,
+        "" if mac == "-" else mac,
+        line,
     )
 
 
@@ -299,6 +303,13 @@ class WatchdogProtocol(StoreBase):
         with self.translated_errors(self.keys.deliver(node)):
             return self.scripts.forget_node(self.redis, self.keys, node, DELIVERY_GROUP, before_ms)
 
+    def plan_wake(self, at_ms: int) -> None:
+        """Tell acquires when this replica will wake (server clock): one due later needs no wake-up message. The
+        key expires shortly after, so the plan of a replica that died is not trusted for long."""
+        ttl_ms = max(1, at_ms - self.server_clock.now_ms()) + WAKE_PLAN_SLACK_MS
+        with self.translated_errors(self.keys.wake_at):
+            self.redis.set(self.keys.wake_at, at_ms, px=ttl_ms)
+
     def subscribe_wake(self) -> Any:
         """A pub/sub subscribed to the wake channel: acquire publishes a new earliest deadline, claim a delivery."""
         with self.translated_errors():
@@ -312,5 +323,7 @@ class WatchdogProtocol(StoreBase):
             self.redis.publish(self.keys.wake_channel, message)
 
 
+# How long a replica's announced wake-up time outlives it.
+WAKE_PLAN_SLACK_MS = 100
 # Most entries acknowledged by one finish_delivery.lua call.
 FINISH_BATCH = 500

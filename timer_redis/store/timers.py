@@ -187,6 +187,7 @@ class TimerOperations(StoreBase):
                 (keys, scripts.acquire_worker_args(self.keys, worker, options)),
                 (keys, [worker]),
                 self._unread.send,
+                self._unread.hold,
             )
         return commands
 
@@ -217,7 +218,7 @@ class TimerOperations(StoreBase):
             with self.translated_errors():
                 pipe = self.redis.pipeline(transaction=False)
                 for worker in workers:
-                    keys = [self.keys.deadlines, self.keys.worker(worker), self.keys.count, self.keys.events]
+                    keys = [self.keys.deadlines, self.keys.worker(worker), self.keys.extra, self.keys.events]
                     self.scripts.run("release_worker", pipe, keys, [worker, reason, self.settings.events_maxlen])
                 strays = [m for m in members if not is_worker_id(m)]
                 if strays:

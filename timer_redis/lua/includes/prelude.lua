@@ -19,12 +19,11 @@ local function bad_arg(name, text)
   return redis.error_reply('BAD_ARG ' .. name .. ' ' .. tostring(text))
 end
 
--- `text` as an integer >= minimum, or nil when it is not 1 to 15 ASCII digits (so it is exact in a double) or is
--- below minimum. Strict on purpose: tonumber() alone would take " 12", "0x1F" and "1e3", which records.py refuses.
+-- `text` as an integer >= minimum, or nil when it is not one. For ARGV, which callers have checked: tonumber() and
+-- a whole-number test are enough (records are read with a strict pattern, parse_entry).
 local function to_int(text, minimum)
-  if type(text) ~= 'string' or not string.find(text, '^%d+$') or #text > 15 then return nil end
   local number = tonumber(text)
-  if number < minimum then return nil end
+  if not number or number ~= math.floor(number) or number < minimum or number >= 1e15 then return nil end
   return number
 end
 
@@ -78,42 +77,33 @@ local function call_in_chunks(command, key, items)
   end
 end
 
--- Add `delta` to the namespace's timer count. The count is a statistic: a key holding anything but an integer is
--- overwritten rather than allowed to fail the script that changes timers.
-local function adjust_count(count_key, delta)
-  local adjusted = redis.pcall('INCRBY', count_key, delta)
-  if type(adjusted) == 'table' then redis.call('SET', count_key, math.max(delta, 0)) end
-end
-
--- The fields of `text` split on `separator` (plain text, not a pattern); at most `limit` + 1 pieces are kept.
-local function split(text, separator, limit)
-  local pieces = {}
-  local start = 1
-  while #pieces <= limit do
-    local at = string.find(text, separator, start, true)
-    if not at then
-      pieces[#pieces + 1] = string.sub(text, start)
-      return pieces
-    end
-    pieces[#pieces + 1] = string.sub(text, start, at - 1)
-    start = at + 1
-  end
-  return pieces
+-- Add `delta` to the namespace's count of extra timers: those beyond the first of each worker (a worker with one
+-- timer is counted by the deadlines zset alone, so the common case costs nothing here). A key holding anything
+-- but an integer is overwritten rather than allowed to fail the script that changes timers.
+local function adjust_extra(extra_key, delta)
+  if delta == 0 then return end
+  local adjusted = redis.pcall('INCRBY', extra_key, delta)
+  if type(adjusted) == 'table' then redis.call('SET', extra_key, math.max(delta, 0)) end
 end
 
 -- A worker's record (records.py): one line per timer, fields separated by tabs:
 --   scope_id  deadline_ms  ttl_ms  signal  kill_after_ms  dump_signal  group  mac
--- parse_entry(line) is a table {scope, deadline, ttl, signal, kill_after, dump_signal, group, mac, line} with the
--- numbers as numbers (kill_after and dump_signal as text, '' when unused), or nil when the line is not one.
+-- parse_entry(line) is a table {scope, deadline, ttl, signal, kill_after, dump_signal, group, mac, line} with
+-- deadline, ttl and signal as numbers (and their text in deadline_text, ttl_text, signal_text), kill_after and
+-- dump_signal as text ('' when unused), or nil when the line is not one. One pattern match a line: a claim of
+-- 1,000 workers parses 1,000 of them.
+local ENTRY = '^([^\t]+)\t(%d+)\t(%d+)\t(%d+)\t(%d*)\t(%d*)\t([^\t%s]*)\t([^\t%s]*)$'
 local function parse_entry(line)
-  local fields = split(line, '\t', 8)
-  if #fields ~= 8 or fields[1] == '' then return nil end
-  local deadline, ttl, signal = to_int(fields[2], 0), to_int(fields[3], 0), to_int(fields[4], 1)
-  if not deadline or not ttl or not signal then return nil end
-  if fields[5] ~= '' and not to_int(fields[5], 1) then return nil end
-  if fields[6] ~= '' and not to_int(fields[6], 1) then return nil end
-  return {scope = fields[1], deadline = deadline, ttl = ttl, signal = signal, kill_after = fields[5],
-    dump_signal = fields[6], group = fields[7], mac = fields[8], line = line}
+  local scope, deadline, ttl, signal, kill_after, dump_signal, group, mac = string.match(line, ENTRY)
+  -- At most 15 digits: exact in a double. A signal or kill_after of 0 is no signal, no escalation.
+  if not scope or #deadline > 15 or #ttl > 15 or #signal > 3 or #kill_after > 15 or #dump_signal > 3 then
+    return nil
+  end
+  local signal_number = tonumber(signal)
+  if signal_number < 1 or kill_after == '0' or dump_signal == '0' then return nil end
+  return {scope = scope, deadline = tonumber(deadline), ttl = tonumber(ttl), signal = signal_number,
+    deadline_text = deadline, ttl_text = ttl, signal_text = signal, kill_after = kill_after,
+    dump_signal = dump_signal, group = group, mac = mac, line = line}
 end
 
 -- The entries of a record, in order, and its lines that did not parse (kept as they are, never dropped
@@ -121,7 +111,7 @@ end
 local function parse_record(record)
   local entries, malformed = {}, {}
   if not record or record == '' then return entries, malformed end
-  for _, line in ipairs(split(record, '\n', 100000)) do
+  for line in string.gmatch(record, '[^\n]+') do
     local entry = parse_entry(line)
     if entry then entries[#entries + 1] = entry else malformed[#malformed + 1] = line end
   end
