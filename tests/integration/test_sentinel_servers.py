@@ -1,0 +1,80 @@
+"""A real Sentinel deployment started by tests/redis_sentinel.py, and what redis-py's Sentinel client does on it
+when the primary is killed -9."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from redis.sentinel import MasterNotFoundError, Sentinel
+
+from tests.helpers import Recorder, recording, wait_for
+from tests.redis_sentinel import SentinelServers
+
+SOCKET_TIMEOUT = 0.5
+INCR = "return redis.call('INCR', KEYS[1])"
+
+
+def test_a_sentinel_client_follows_a_killed_primary_and_keeps_what_wait_acknowledged(
+    own_redis_sentinel: SentinelServers,
+) -> None:
+    deployment = own_redis_sentinel
+    sentinel = Sentinel(deployment.sentinel_addresses, socket_timeout=SOCKET_TIMEOUT)
+    primary = sentinel.master_for(
+        deployment.master_name, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
+    )
+    assert sentinel.discover_master(deployment.master_name) == ("127.0.0.1", deployment.primary.port)
+    script = primary.register_script(INCR)
+    acknowledged: list[int] = []
+
+    def durable_increment() -> None:
+        # The write and its WAIT on one connection (a pipeline), so WAIT counts the replicas holding this write.
+        pipe = primary.pipeline(transaction=False)
+        script(keys=["counter"], client=pipe)
+        pipe.wait(1, 200)
+        value, replicas = pipe.execute()
+        if replicas >= 1:
+            acknowledged.append(value)
+
+    writer = Recorder(durable_increment)
+    try:
+        with recording(writer):
+            wait_for(lambda: len(acknowledged) >= 3, what="acknowledged writes")
+            killed_at = time.monotonic()
+            new_primary = deployment.kill_primary()
+            failed_over_at = time.monotonic()
+            wait_for(lambda: writer.succeeded_after(failed_over_at), what="a write after the failover")
+
+        assert failed_over_at - killed_at < 10
+        failures = writer.failures()
+        assert failures
+        # Refused connections to the dead primary until the sentinels deem it down (down-after-milliseconds),
+        # then MasterNotFoundError (a ConnectionError) while they fail over: every error is a ConnectionError.
+        assert {type(o.error) for o in failures} <= {redis.ConnectionError, MasterNotFoundError}
+        assert all(isinstance(o.error, redis.ConnectionError) for o in failures)
+        assert all(o.started + o.seconds >= killed_at and o.started <= failed_over_at + 1 for o in failures)
+        assert sentinel.discover_master(deployment.master_name) == ("127.0.0.1", new_primary.port)
+        # Every increment a replica acknowledged survived the kill -9: the promoted replica had it.
+        assert int(primary.get("counter") or 0) >= max(acknowledged)
+        # The new primary has no replica until the old one comes back: WAIT 1 times out and answers 0.
+        assert primary.wait(1, 100) == 0
+
+        deployment.restart_old_primary()
+        pipe = primary.pipeline(transaction=False)
+        pipe.incr("counter")
+        pipe.wait(1, 1000)
+        assert pipe.execute()[1] == 1
+    finally:
+        primary.close()
+        sentinel.close()
+
+
+def test_stop_leaves_no_process_and_no_folder(own_redis_sentinel: SentinelServers) -> None:
+    processes = [own_redis_sentinel.primary.process, own_redis_sentinel.replica.process]
+    processes += [sentinel.process for sentinel in own_redis_sentinel.sentinels]
+    assert len(processes) == 5
+    assert all(process is not None and process.poll() is None for process in processes)
+
+    own_redis_sentinel.stop()
+    assert all(process is not None and process.poll() is not None for process in processes)
+    assert not own_redis_sentinel.base_dir.exists()
