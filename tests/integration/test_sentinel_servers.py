@@ -37,6 +37,10 @@ def test_a_sentinel_client_follows_a_killed_primary_and_keeps_what_wait_acknowle
             acknowledged.append(value)
 
     writer = Recorder(durable_increment)
+    # Sentinels also announce a failover on their pub/sub, for clients that want to hear of it at once.
+    announcements = sentinel.sentinels[0].pubsub(ignore_subscribe_messages=True)
+    announcements.subscribe("+switch-master")
+    old_port = deployment.primary.port
     try:
         with recording(writer):
             wait_for(lambda: len(acknowledged) >= 3, what="acknowledged writes")
@@ -54,6 +58,9 @@ def test_a_sentinel_client_follows_a_killed_primary_and_keeps_what_wait_acknowle
         assert all(isinstance(o.error, redis.ConnectionError) for o in failures)
         assert all(o.started + o.seconds >= killed_at and o.started <= failed_over_at + 1 for o in failures)
         assert sentinel.discover_master(deployment.master_name) == ("127.0.0.1", new_primary.port)
+        switch = wait_for(lambda: announcements.get_message(timeout=0.1), what="the +switch-master message")
+        expected = f"{deployment.master_name} 127.0.0.1 {old_port} 127.0.0.1 {new_primary.port}"
+        assert switch["data"].decode() == expected
         # Every increment a replica acknowledged survived the kill -9: the promoted replica had it.
         assert int(primary.get("counter") or 0) >= max(acknowledged)
         # The new primary has no replica until the old one comes back: WAIT 1 times out and answers 0.
@@ -65,6 +72,7 @@ def test_a_sentinel_client_follows_a_killed_primary_and_keeps_what_wait_acknowle
         pipe.wait(1, 3000)  # answers as soon as the replica acknowledges
         assert pipe.execute()[1] == 1
     finally:
+        announcements.close()
         primary.close()
         for client in sentinel.sentinels:  # Sentinel.close() came with redis-py 8.1
             client.close()
