@@ -6,10 +6,13 @@ from __future__ import annotations
 import time
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 from tests.helpers import Recorder, recording, wait_for
 from tests.redis_sentinel import SentinelServers
+from tests.redis_server import free_port
 
 SOCKET_TIMEOUT = 5.0  # a killed primary refuses connections at once; a busy machine can stall a server
 INCR = "return redis.call('INCR', KEYS[1])"
@@ -75,6 +78,30 @@ def test_a_sentinel_client_follows_a_killed_primary_and_keeps_what_wait_acknowle
         announcements.close()
         primary.close()
         for client in sentinel.sentinels:  # Sentinel.close() came with redis-py 8.1
+            client.close()
+
+
+def test_a_dead_sentinel_is_skipped_at_once_when_sentinel_clients_do_not_retry(
+    own_redis_sentinel: SentinelServers,
+) -> None:
+    deployment = own_redis_sentinel
+    dead = ("127.0.0.1", free_port())
+    # sentinel_kwargs replaces the socket options Sentinel would otherwise copy from the connection arguments.
+    # Without retry=, redis-py 8.1 retries the refused connection with backoff: about 4 s here per discovery.
+    sentinel = Sentinel(
+        [dead, *deployment.sentinel_addresses],
+        sentinel_kwargs={
+            "socket_timeout": SOCKET_TIMEOUT,
+            "socket_connect_timeout": SOCKET_TIMEOUT,
+            "retry": Retry(NoBackoff(), 0),
+        },
+    )
+    try:
+        started = time.monotonic()
+        assert sentinel.discover_master(deployment.master_name) == ("127.0.0.1", deployment.primary.port)
+        assert time.monotonic() - started < 1.0
+    finally:
+        for client in sentinel.sentinels:
             client.close()
 
 
