@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 T = TypeVar("T")
 
@@ -76,6 +78,19 @@ def other_thread_id() -> Iterator[int]:
     finally:
         done.set()
         thread.join()
+
+
+def probe_client(port: int, password: str | None = None) -> redis.Redis:
+    """A client for polling a server of the tests: decoded replies, short timeouts and no retries of its own, since
+    the poll loop retries (redis-py 6+ would otherwise back off for seconds on a port that does not listen yet)."""
+    return redis.Redis(
+        port=port,
+        password=password,
+        decode_responses=True,
+        socket_timeout=2.0,
+        socket_connect_timeout=1.0,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 def wait_for_redis(condition: Callable[[], T | None], timeout: float = 10.0, what: str = "") -> T:

@@ -16,7 +16,7 @@ from pathlib import Path
 import redis
 from redis.crc import key_slot
 
-from tests.helpers import wait_for_redis
+from tests.helpers import probe_client, wait_for_redis
 from tests.redis_server import RedisServer, free_port
 
 SLOTS = 16384
@@ -141,10 +141,7 @@ class ClusterServers:
         """A plain (non-cluster) client on one node, decoded replies; owned by this object, closed by `stop`."""
         client = self._admins.get(server.port)
         if client is None:
-            client = redis.Redis(
-                port=server.port, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=1.0
-            )
-            self._admins[server.port] = client
+            client = self._admins[server.port] = probe_client(server.port)
         return client
 
     # -- topology --------------------------------------------------------------------------------------------

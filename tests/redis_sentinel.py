@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from tests.helpers import wait_for_redis
+from tests.helpers import probe_client, wait_for_redis
 from tests.redis_server import RedisServer, free_port
 
 MASTER_NAME = "timer-redis"
@@ -45,7 +45,7 @@ class SentinelProcess:
             f"sentinel parallel-syncs {master_name} 1\n"
         )
         self.process: subprocess.Popen[bytes] | None = None
-        self.client = redis.Redis(port=self.port, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=1.0)
+        self.client = probe_client(self.port)
 
     def start(self, timeout: float = 10.0) -> SentinelProcess:
         """Start the sentinel and wait until it answers PING."""
@@ -179,7 +179,7 @@ class SentinelServers:
         return self
 
     def _replica_in_sync(self) -> bool:
-        with redis.Redis(port=self.replica.port, decode_responses=True, socket_timeout=1.0) as probe:
+        with probe_client(self.replica.port) as probe:
             return bool(probe.info("replication").get("master_link_status") == "up")
 
     def kill_primary(self, timeout: float = 20.0) -> RedisServer:
@@ -195,7 +195,7 @@ class SentinelServers:
         """
         dead, promoted = self.primary, self.replica
         dead.kill()
-        probe = redis.Redis(port=promoted.port, decode_responses=True, socket_timeout=1.0)
+        probe = probe_client(promoted.port)
 
         def failed_over() -> bool:
             return self.reported_primaries() == {promoted.port} and probe.info("replication")["role"] == "master"
