@@ -257,6 +257,7 @@ def test_commandstats_per_master_show_how_the_work_spreads(client: RedisCluster)
 # -- clusters of a test's own: failover and resharding --------------------------------------------------------
 
 
+@pytest.mark.slow  # a cluster of its own and a failover: about 5 s
 def test_a_killed_master_fails_over_and_the_client_follows_it(own_redis_cluster: ClusterServers) -> None:
     cluster = own_redis_cluster
     victim = cluster.master_of("{victim}")
@@ -425,6 +426,7 @@ def test_a_slot_migration_drops_a_sharded_subscription_until_the_client_refreshe
             subscriber.close()
 
 
+@pytest.mark.slow  # a cluster of its own and a failover: about 5 s
 def test_a_failover_breaks_a_sharded_subscription_until_the_client_refreshes_its_slots(
     own_redis_cluster: ClusterServers,
 ) -> None:

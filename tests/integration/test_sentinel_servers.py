@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -18,6 +19,7 @@ SOCKET_TIMEOUT = 5.0  # a killed primary refuses connections at once; a busy mac
 INCR = "return redis.call('INCR', KEYS[1])"
 
 
+@pytest.mark.slow  # a deployment of its own, a failover and a restart: about 6 s
 def test_a_sentinel_client_follows_a_killed_primary_and_keeps_what_wait_acknowledged(
     own_redis_sentinel: SentinelServers,
 ) -> None:
