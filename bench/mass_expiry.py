@@ -57,7 +57,7 @@ def measure_ours(count: int, replicas: int, timeout_s: float = 90.0) -> dict[str
         with Replicas(server.url, replicas, flush_interval=None) as group:
             deadline_ms = server_time_us(store.redis) // 1000 + LEAD_MS
             set_all_deadlines(store, deadline_ms)
-            store.redis.publish(store.keys.wake_channel, f"deadline {deadline_ms}")
+            store.redis.spublish(store.keys.wake_channel, f"deadline {deadline_ms}")
             time.sleep(LEAD_MS / 1000)
             cpu_before = _cpu_seconds(server.pid)
             stream = store.keys.deliver(BENCH_NODE)

@@ -48,7 +48,7 @@ def bucket_ms(now_ms: int) -> int:
 def record_sample(store: TimerStore) -> bool:
     """Write a sample of the namespace for the current 10-s bucket, unless one is already there.
 
-    Cheap when another replica got there first (one round trip: the clock and the newest sample); otherwise one
+    Cheap when another replica got there first (two round trips: the clock, the newest sample); otherwise one
     ``store.stats()`` and one XADD, whose explicit id makes Redis refuse a second sample for the same bucket.
     A failure other than an outage (garbage in the history key, say) is logged, never raised: charts must not
     stop a watchdog.
@@ -65,11 +65,8 @@ def record_sample(store: TimerStore) -> bool:
     key = store.keys.history
     try:
         with store.translated_errors(key):
-            pipe = store.redis.pipeline(transaction=False)
-            pipe.time()
-            pipe.xrevrange(key, count=1)
-            (seconds, micros), newest = pipe.execute()
-            bucket = bucket_ms(int(seconds) * 1000 + int(micros) // 1000)
+            bucket = bucket_ms(store.server_time_ms())
+            newest = store.redis.xrevrange(key, count=1)
             if newest and _id_ms(newest[0][0]) >= bucket:
                 return False
             stats = store.stats()

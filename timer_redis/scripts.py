@@ -121,6 +121,28 @@ class Scripts:
             MAX_TIMERS_PER_WORKER,
         ]
 
+    def acquire_args(
+        self,
+        keys: Keys,
+        worker: str,
+        options: WorkerOptions,
+        scope_id: str,
+        ttl_ms: int,
+        deadline_ms: int = 0,
+        kill_after_ms: int | None = None,
+        mac: str = "",
+    ) -> list[Any]:
+        """ARGV of acquire.lua."""
+        worker_args = self.acquire_worker_args(keys, worker, options)
+        return [*worker_args, scope_id, ttl_ms, deadline_ms, kill_after_ms or "", mac]
+
+    @staticmethod
+    def extend_args(
+        keys: Keys, worker: str, scope_id: str, ttl_ms: int, deadline_ms: int = 0, mac: str = "", expected_mac: str = ""
+    ) -> list[Any]:
+        """ARGV of extend.lua."""
+        return [worker, scope_id, ttl_ms, deadline_ms, mac, expected_mac, keys.wake_channel]
+
     def acquire(
         self,
         client: Any,
@@ -135,14 +157,7 @@ class Scripts:
         mac: str = "",
     ) -> tuple[int, bool]:
         """Run acquire.lua; returns (deadline_ms, is_earliest)."""
-        args = [
-            *self.acquire_worker_args(keys, worker, options),
-            scope_id,
-            ttl_ms,
-            deadline_ms,
-            kill_after_ms or "",
-            mac,
-        ]
+        args = self.acquire_args(keys, worker, options, scope_id, ttl_ms, deadline_ms, kill_after_ms, mac)
         deadline, is_earliest = self.run("acquire", client, self.acquire_keys(keys, worker), args)
         return int(deadline), bool(is_earliest)
 
@@ -164,7 +179,7 @@ class Scripts:
     ) -> int | None:
         """Run extend.lua; returns the new deadline_ms, None when the timer does not exist, -1 when its MAC is no
         longer ``expected_mac``."""
-        args = [worker, scope_id, ttl_ms, deadline_ms, mac, expected_mac, keys.wake_channel]
+        args = self.extend_args(keys, worker, scope_id, ttl_ms, deadline_ms, mac, expected_mac)
         deadline = self.run("extend", client, [keys.deadlines, keys.worker(worker)], args)
         return None if deadline is None else int(deadline)
 

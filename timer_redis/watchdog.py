@@ -26,6 +26,7 @@ from .settings import TimerSettings, parse_signal, url_from_env
 from .signing import SignedTimer
 from .store import Claim, TimerStore
 from .store.protocol import DeliveryEntry, MalformedOrder
+from .wake import WakeListener
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ class Watchdog:
             result.taken_over = sum(len(entry.orders) for entry in taken)
             entries += taken
         # A full batch means more may be waiting: the next pass should not sleep.
-        result.backlog = len(claim.claimed) >= batch or len(entries) >= ENTRIES_PER_READ
+        result.backlog = claim.full or len(entries) >= ENTRIES_PER_READ
         return result, entries
 
     def finish_entries(
@@ -196,6 +197,7 @@ class Watchdog:
         acknowledge every entry with its outcome events, in one round trip. Fills ``result.delivered``,
         ``result.finished`` and ``result.malformed``."""
         finished: list[tuple[str, list[list[Any]], str]] = []
+        shards: list[int] = []  # per entry in `finished`, the shard it came from
         owners: list[int] = []  # per delivered order, the index of its entry in `finished`
         for entry in entries:
             events: list[list[Any]] = []
@@ -210,10 +212,16 @@ class Watchdog:
                 events.append(self._outcome_event(order, outcome))
             for bad in entry.malformed:
                 log.warning("malformed delivery order in %s entry %s: %s", self.node, bad.entry_id, bad.detail)
-                events.append(self._malformed_event(bad))
+                events.append(self._malformed_event(bad, entry.shard))
                 result.malformed.append(bad)
             finished.append((entry.entry_id, events, "\n".join(again)))
-        flags = self.store.finish_deliveries(self.node, finished)
+            shards.append(entry.shard)
+        flags: list[bool] = [False] * len(finished)
+        for shard in sorted(set(shards)):  # one round trip per shard that had entries
+            mine = [index for index, entry_shard in enumerate(shards) if entry_shard == shard]
+            for index, flag in zip(mine, self.store.finish_deliveries(self.node, [finished[i] for i in mine],
+                                                                      shard=shard), strict=True):  # fmt: skip
+                flags[index] = flag
         result.finished = [flags[index] for index in owners]
 
     def server_now_ms(self) -> int:
@@ -276,8 +284,8 @@ class Watchdog:
                 event += ["lag_ms", outcome.sent_ms - order.deadline_ms]
         return event
 
-    def _malformed_event(self, bad: MalformedOrder) -> list[Any]:
-        key = self.store.keys.deliver(self.node)
+    def _malformed_event(self, bad: MalformedOrder, shard: int) -> list[Any]:
+        key = self.store.shard_keys[shard].deliver(self.node)
         return [
             "type",
             "malformed",
@@ -303,7 +311,7 @@ class Watchdog:
         """
         backoff = 0.1
         failing_since: float | None = None
-        pubsub: Any = None
+        wake: WakeListener | None = None
         succeeded = False
         # Replicas restarted together would otherwise all claim at the same instant; a short random first sleep
         # spreads them. It is kept well under a second, because due timers wait for it.
@@ -311,8 +319,8 @@ class Watchdog:
         try:
             while not self._stop.is_set():
                 try:
-                    if pubsub is None:
-                        pubsub = self.store.subscribe_wake()  # subscribe before the pass, so no wake is missed
+                    if wake is None:
+                        wake = self.store.subscribe_wake()  # subscribe before the pass, so no wake is missed
                     self._heartbeat()
                     result = self.run_once()
                     if failing_since is not None:
@@ -322,7 +330,7 @@ class Watchdog:
                         continue
                     seconds = min(self._sleep_seconds(result), self._until_housekeeping())
                     self.store.plan_wake(self.server_now_ms() + int(seconds * 1000))
-                    self._sleep(pubsub, seconds)
+                    self._sleep(wake, seconds)
                 except Exception as error:  # one failed pass must never end the replica: log, back off, go on
                     if isinstance(error, AuthenticationError) and not succeeded:
                         raise
@@ -336,13 +344,13 @@ class Watchdog:
                         log.exception("watchdog pass failed; retrying in %.1f s", backoff)
                     if isinstance(error, TimerRedisError):
                         # A new subscription after a failure: the old one may be dead without knowing it.
-                        _close_quietly(pubsub)
-                        pubsub = None
+                        _close_quietly(wake)
+                        wake = None
                     failing_since = failing_since or time.monotonic()
                     self._stop.wait(backoff * self._rng.uniform(0.5, 1.5))
                     backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
         finally:
-            _close_quietly(pubsub)
+            _close_quietly(wake)
             with suppress(TimerRedisError):
                 self.store.forget_replica(self.replica_id)
 
@@ -354,22 +362,20 @@ class Watchdog:
             seconds = min(seconds, max(0.0, (result.next_deadline_ms - result.now_ms) / 1000))
         return seconds
 
-    def _sleep(self, pubsub: Any, seconds: float) -> None:
-        """Wait ``seconds``, or less when a wake message is meant for this replica (or stop() was called)."""
+    def _sleep(self, wake: WakeListener, seconds: float) -> None:
+        """Wait ``seconds``, or less when a wake message is meant for this replica (or stop() was called).
+
+        Raises:
+            StoreUnavailableError: the wake subscription broke (the loop subscribes anew).
+        """
         end = time.monotonic() + seconds
         wanted = (f"deliver {self.node}".encode(), f"stop {self.replica_id}".encode())
         while not self._stop.is_set():
             remaining = end - time.monotonic()
             if remaining <= 0:
                 return
-            try:
-                message = pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
-            except Exception as error:  # the pub/sub connection broke: report it as an outage
-                raise StoreUnavailableError(f"wake channel lost: {error}") from error
-            if message is None:
-                continue
-            data = message.get("data", b"")
-            if isinstance(data, bytes) and (data.startswith(b"deadline") or data in wanted):
+            data = wake.next_message(remaining)
+            if data is not None and (data.startswith(b"deadline") or data in wanted):
                 return
 
     def _until_housekeeping(self) -> float:
@@ -438,9 +444,9 @@ class Watchdog:
         return self._stop.is_set()
 
 
-def _close_quietly(pubsub: Any) -> None:
-    if pubsub is not None:
+def _close_quietly(wake: WakeListener | None) -> None:
+    if wake is not None:
         try:
-            pubsub.close()
+            wake.close()
         except Exception:
             log.debug("closing the wake subscription failed", exc_info=True)

@@ -574,6 +574,11 @@ class UnreadReplies:
         self._unread.popleft()
 
     def _failed(self, sent: _Sent, message: str) -> None:
+        if message.startswith("READONLY"):
+            # The primary became a replica (a Sentinel failover): the write did not happen. Like a closed
+            # connection: a new one (to the primary the sentinels name now) sends it again with every later one.
+            self._unread.appendleft(sent)
+            raise redis.ConnectionError(f"the server is a replica now: {message}")
         if not message.startswith("NOSCRIPT"):
             raise redis.ResponseError(message)
         # The server lost its scripts (SCRIPT FLUSH, or a restart that kept this connection): load them again on
@@ -729,6 +734,25 @@ class RawCommands:
 
     def script_load(self, script: str) -> Any:
         return as_text(self.execute("SCRIPT", "LOAD", script))
+
+
+class ClusterCommands:
+    """``RawCommands`` for a Redis Cluster client: each command goes through ``RedisCluster.execute_command``, which
+    routes it by its key and follows MOVED and ASK. Replies come through redis-py's callbacks (the store's parsers
+    take both shapes). Scripts are loaded on every primary, so a failover's new primary may still lack them: the
+    NOSCRIPT that follows loads them again (``Script.__call__``)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def execute(self, *args: Any) -> Any:
+        return self._client.execute_command(*args)
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        return self._client.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
+
+    def script_load(self, script: str) -> Any:
+        return as_text(self._client.script_load(script))
 
 
 _pack: Callable[[tuple[Any, ...]], bytes] | None

@@ -70,6 +70,7 @@ class CliState:
     Args:
         url: Redis URL.
         namespace: key space.
+        shards: how many shards the namespace is spread over.
         json_output: print JSON instead of tables.
         debug: let tracebacks through.
         timeout: socket timeout of the Redis connection, seconds.
@@ -84,6 +85,7 @@ class CliState:
         url: str = DEFAULT_URL,
         namespace: str = "default",
         *,
+        shards: int = 1,
         json_output: bool = False,
         debug: bool = False,
         timeout: float = 5.0,
@@ -93,6 +95,7 @@ class CliState:
     ) -> None:
         self.url = url
         self.namespace = namespace
+        self.shards = shards
         self.json_output = json_output
         self.debug = debug
         self.timeout = timeout
@@ -143,7 +146,9 @@ class CliState:
         if self._store is None:
             self.checked_namespace()
             try:
-                settings = TimerSettings.from_env(namespace=self.namespace, socket_timeout=self.timeout)
+                settings = TimerSettings.from_env(
+                    namespace=self.namespace, socket_timeout=self.timeout, shards=self.shards
+                )
             except TimerRedisError as error:
                 raise CliError(str(error), EXIT_CONFIG) from None
             try:

@@ -27,6 +27,7 @@ import click
 from timer_redis import Event, TimerInfo, TimerStore, Watchdog
 from timer_redis.connection import mask_url
 from timer_redis.keys import parse_worker_id
+from timer_redis.settings import TimerSettings
 from timer_redis.signing import SECRET_ENV, SECRET_FILE_ENV, load_secret
 
 from .context import EXIT_ERROR, CliError, CliState, Seconds, wait_for_interrupt
@@ -174,10 +175,11 @@ def demo(ctx: click.Context, workers: int, hung: int, ttl: float, with_dashboard
     secret, secret_env = demo_secret(state)
     with ExitStack() as stack:
         url = stack.enter_context(embedded_redis()) if embedded else state.url
-        store = TimerStore.from_url(url, namespace, secret=secret)
+        settings = TimerSettings.from_env(namespace=namespace, shards=state.shards, max_interval=0.5)
+        store = TimerStore.from_url(url, settings=settings, secret=secret)
         stack.callback(store.redis.close)
         for _ in range(REPLICAS):
-            replica = Watchdog(url=url, namespace=namespace, max_interval=0.5, secret=secret)
+            replica = Watchdog(url=url, settings=settings, secret=secret)
             replica.start()
             stack.callback(replica.store.redis.close)
             stack.callback(replica.stop)
@@ -185,7 +187,7 @@ def demo(ctx: click.Context, workers: int, hung: int, ttl: float, with_dashboard
         run = DemoRun(url=mask_url(url), namespace=namespace, embedded=embedded, ttl=ttl)
         run.server_start_ms = run.now_ms = store.server_time_ms()
         stack.callback(stop_workers, run)
-        start_workers(run, workers, hung, url, secret_env)
+        start_workers(run, workers, hung, url, {**secret_env, "TIMER_REDIS_SHARDS": str(state.shards)})
         out.begin(run, REPLICAS)
         watch(run, store, out)
         summary = run.summary()
@@ -275,7 +277,7 @@ def stop_workers(run: DemoRun) -> None:
 
 def watch(run: DemoRun, store: TimerStore, out: View) -> None:
     """Poll the workers, the timers and the events until every worker has exited, and show it."""
-    last_event_id = "0-0"
+    cursor = {keys.shard: "0-0" for keys in store.shard_keys}
     settle_until: float | None = None
     while True:
         for worker in run.workers:
@@ -283,9 +285,9 @@ def watch(run: DemoRun, store: TimerStore, out: View) -> None:
                 worker.exit_code = worker.process.returncode
                 worker.ended_at = run.elapsed()
                 out.worker_ended(run, worker)
-        new_events = store.events(count=500, after=last_event_id)
+        new_events = store.events(count=500, after=cursor)
         if new_events:
-            last_event_id = new_events[-1].id
+            cursor = store.follow_cursor(new_events, cursor)
             run.events.extend(new_events)
             for event in new_events:
                 out.event(run, event)

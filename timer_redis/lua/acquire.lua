@@ -7,7 +7,7 @@
 -- ARGV[2] signal       int >= 1, sent to the worker when the timer expires
 -- ARGV[3] dump_signal  int >= 1, asks the worker for a stack dump before the signal; "" = none
 -- ARGV[4] group        the worker's group (no whitespace); "" = none
--- ARGV[5] wake         pub/sub channel the watchdogs sleep on
+-- ARGV[5] wake         shard channel (sharded pub/sub) the watchdogs sleep on
 -- ARGV[6] max_timers   int >= 1, most timers one worker may hold
 -- ARGV[7] scope_id     non-empty, no tab or newline
 -- ARGV[8] ttl_ms       int >= 1
@@ -19,7 +19,7 @@
 -- Returns  {deadline_ms, woke (1/0)}
 -- Errors   "BAD_ARG <name> <value>" when an ARGV is malformed or the worker holds max_timers already;
 --          "WRONGTYPE <key> <type>" when a key holds another type (nothing is changed then)
--- Events   none; PUBLISH wake "deadline <ms>" when no watchdog plans to wake by this deadline (wake_at is later, or
+-- Events   none; SPUBLISH wake "deadline <ms>" when no watchdog plans to wake by this deadline (wake_at is later, or
 --          past: a watchdog in the middle of a pass may have read the deadlines before this one)
 --- @include "prelude"
 local deadlines_key = KEYS[1]
@@ -80,7 +80,7 @@ if not replaced and #lines > 1 + #malformed then adjust_extra(extra_key, 1) end
 
 local wake_at = score_value(redis.call('GET', wake_at_key) or '-inf')
 if deadline_ms < wake_at or wake_at <= now then
-  redis.call('PUBLISH', wake_channel, 'deadline ' .. int_text(deadline_ms))
+  redis.call('SPUBLISH', wake_channel, 'deadline ' .. int_text(deadline_ms))
   return {deadline_ms, 1}
 end
 return {deadline_ms, 0}

@@ -11,7 +11,7 @@
 -- KEYS[6+w..5+w+n]   stream  the delivery stream of each node, in the order of ARGV's nodes
 -- ARGV[1] claimer    id of the claiming replica (no whitespace), for the audit trail
 -- ARGV[2] maxlen     int > 0, approximate cap of the events stream
--- ARGV[3] wake       pub/sub channel the watchdogs sleep on
+-- ARGV[3] wake       shard channel the watchdogs sleep on
 -- ARGV[4] w          int >= 0, how many candidate workers
 -- ARGV[5] n          int >= 0, how many nodes
 -- ARGV[6..5+w]       each candidate's worker id
@@ -27,7 +27,7 @@
 -- Events   "expired" per reaped worker; "malformed" {key, detail} per thing taken out of the path: a record that
 --          holds another type or lines that do not parse, a deadline with no record, a member that names no
 --          worker, a score below every timer of its worker (moved to its earliest timer), a key of ours that
---          holds another type (deleted: it held nothing of ours). PUBLISH wake "deliver <node>" per node with
+--          holds another type (deleted: it held nothing of ours). SPUBLISH wake "deliver <node>" per node with
 --          new orders.
 --- @include "prelude"
 local deadlines_key = KEYS[1]
@@ -151,7 +151,7 @@ for index, lines in pairs(orders) do
   -- The order is one field, a line per worker, so a watchdog reads a batch of them with one entry.
   redis.call('XADD', KEYS[5 + worker_count + index], '*', 'o1', table.concat(lines, '\n'))
   redis.call('ZADD', nodes_key, now, node)
-  redis.call('PUBLISH', wake_channel, 'deliver ' .. node)
+  redis.call('SPUBLISH', wake_channel, 'deliver ' .. node)
 end
 for _, event in ipairs(events) do
   redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', unpack(event))

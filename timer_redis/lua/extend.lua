@@ -8,11 +8,11 @@
 -- ARGV[5] mac           the new MAC (signed timers), or "" (unsigned)
 -- ARGV[6] expected_mac  the MAC the caller verified the timer by; the timer is extended only if it still has
 --                       it (so a change made meanwhile is not signed over); "" = no check (unsigned timers)
--- ARGV[7] wake          pub/sub channel the watchdogs sleep on
+-- ARGV[7] wake          shard channel (sharded pub/sub) the watchdogs sleep on
 -- Returns  the new deadline_ms; nil when there is no such timer (released, or already claimed); -1 when its
 --          MAC is no longer expected_mac
 -- Errors   "BAD_ARG <name> <value>" when an ARGV is malformed; "WRONGTYPE <key> <type>" when a key holds another type
--- Events   none; PUBLISH wake "deadline <ms>" when the deadline moved earlier and is now the earliest
+-- Events   none; SPUBLISH wake "deadline <ms>" when the deadline moved earlier and is now the earliest
 --- @include "prelude"
 local deadlines_key = KEYS[1]
 local worker_key = KEYS[2]
@@ -58,6 +58,6 @@ for _, line in ipairs(malformed) do lines[#lines + 1] = line end
 store_record(deadlines_key, worker_key, worker, lines, worker_earliest, now)
 -- Only a worker whose earliest deadline moved earlier can wake a watchdog sooner than it planned to.
 if previous and worker_earliest < score_value(previous) and redis.call('ZRANGE', deadlines_key, 0, 0)[1] == worker then
-  redis.call('PUBLISH', wake_channel, 'deadline ' .. int_text(worker_earliest))
+  redis.call('SPUBLISH', wake_channel, 'deadline ' .. int_text(worker_earliest))
 end
 return deadline_ms

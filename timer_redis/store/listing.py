@@ -1,5 +1,5 @@
 """Many timers: how many are live, and which, earliest deadline first (of one node, worker or scope, or due within
-some time), reading only as many workers as the answer needs."""
+some time), reading only as many workers as the answer needs, from every shard."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..keys import is_worker_id, node_of, parse_worker_id
+from ..keys import Keys, is_worker_id, node_of, parse_worker_id
 from ..records import TimerEntry, parse_record
 from ..redis_compat import as_text
 from .base import StoreBase
@@ -92,17 +92,24 @@ class TimerListing(StoreBase):
     def count(self) -> int:
         """How many timers are live (due or not): the workers that hold timers plus the timers beyond the first of
         each (a counter the scripts keep), O(1)."""
+        self.check_layout()
         with self.translated_errors(self.keys.deadlines):
             pipe = self.redis.pipeline(transaction=False)
-            pipe.zcard(self.keys.deadlines)
-            pipe.get(self.keys.extra)
-            workers, extra = pipe.execute()
-        return int(workers) + extra_count(extra)
+            for keys in self.shard_keys:
+                pipe.zcard(keys.deadlines)
+                pipe.get(keys.extra)
+            replies = pipe.execute()
+        pairs = zip(replies[::2], replies[1::2], strict=True)
+        return sum(int(workers) + extra_count(extra) for workers, extra in pairs)
 
     def workers(self) -> int:
-        """How many workers hold timers: O(1)."""
+        """How many workers hold timers: O(shards)."""
+        self.check_layout()
         with self.translated_errors(self.keys.deadlines):
-            return int(self.redis.zcard(self.keys.deadlines))
+            pipe = self.redis.pipeline(transaction=False)
+            for keys in self.shard_keys:
+                pipe.zcard(keys.deadlines)
+            return sum(int(workers) for workers in pipe.execute())
 
     def list(
         self,
@@ -131,6 +138,7 @@ class TimerListing(StoreBase):
             scan_limit: with ``node``, ``scope``, ``pid`` or ``group`` and a ``limit``, look at no more than this
                 many workers.
         """
+        self.check_layout()
         max_ms = math.inf
         if due_only or within is not None:
             max_ms = self.server_time_ms() + (0 if due_only else math.ceil((within or 0) * 1000))
@@ -142,15 +150,32 @@ class TimerListing(StoreBase):
                 t for t in self._timers_of([worker])[worker] if t.deadline_ms <= max_ms and _matches(t, scope, group)
             ]
             return sorted(own, key=_deadline)[:limit]
+        timers: TimerInfos = []
+        for keys in self.shard_keys:  # each shard's earliest `limit`, then the earliest of them all
+            timers += self._list_shard(keys, limit, max_ms, node, pid, scope, group, scan_limit)
+        return sorted(timers, key=_deadline)[:limit]
+
+    def _list_shard(
+        self,
+        keys: Keys,
+        limit: int | None,
+        max_ms: float,
+        node: str | None,
+        pid: int | None,
+        scope: str | None,
+        group: str | None,
+        scan_limit: int,
+    ) -> TimerInfos:
+        """``list()`` on one shard."""
         filtered = node is not None or scope is not None or pid is not None or group is not None
         timers: TimerInfos = []
         offset = 0
         chunk = LIST_CHUNK if limit is None or filtered else min(limit, LIST_CHUNK)
         max_score = "+inf" if max_ms == math.inf else int(max_ms)
         while True:
-            with self.translated_errors(self.keys.deadlines):
+            with self.translated_errors(keys.deadlines):
                 rows = self.redis.zrange(
-                    self.keys.deadlines, "-inf", max_score, byscore=True, offset=offset, num=chunk, withscores=True
+                    keys.deadlines, "-inf", max_score, byscore=True, offset=offset, num=chunk, withscores=True
                 )
             if not rows:
                 break
@@ -174,7 +199,7 @@ class TimerListing(StoreBase):
                     break
             if len(rows) < chunk:
                 break
-        return sorted(timers, key=_deadline)[:limit]
+        return timers
 
     def _timers_of(self, workers: Sequence[str]) -> dict[str, TimerInfos]:
         """The timers in the records of ``workers`` (ids already checked), one round trip. Lines that do not parse
@@ -184,7 +209,7 @@ class TimerListing(StoreBase):
         with self.translated_errors():
             pipe = self.redis.pipeline(transaction=False)
             for worker in workers:
-                pipe.get(self.keys.worker(worker))
+                pipe.get(self.keys_of(worker).worker(worker))
             records = pipe.execute(raise_on_error=False)
         timers: dict[str, TimerInfos] = {}
         for worker, record in zip(workers, records, strict=True):
