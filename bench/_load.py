@@ -11,7 +11,6 @@ from collections.abc import Iterable, Iterator
 
 from timer_redis import TimerStore
 from timer_redis.records import WorkerOptions
-from timer_redis.scripts import with_includes
 
 from ._common import pack, send_pipelined
 
@@ -39,20 +38,18 @@ def load_timers(store: TimerStore, port: int, timers: Iterable[tuple[str, str]],
 def set_all_deadlines(store: TimerStore, deadline_ms: int) -> int:
     """Move every live timer's deadline to ``deadline_ms`` (a benchmark shortcut for "all due at once"): each
     worker's record and its score. Touches keys it does not declare: a benchmark shortcut, never library code."""
-    script = with_includes(textwrap.dedent("""
-    --- @include "prelude"
-    local deadline = tonumber(ARGV[1])
+    script = textwrap.dedent("""
+    local deadline = ARGV[1]
     local members = redis.call('ZRANGE', KEYS[1], 0, -1)
     for i = 1, #members do
       local key = ARGV[2] .. members[i]
-      local entries = parse_record(redis.call('GET', key))
       local lines = {}
-      for _, e in ipairs(entries) do
-        lines[#lines + 1] = entry_line(e.scope, deadline, e.ttl, e.signal, e.kill_after, e.dump_signal, e.group, e.mac)
+      for line in string.gmatch(redis.call('GET', key) or '', '[^\\n]+') do
+        lines[#lines + 1] = string.gsub(line, '^([^\\t]+)\\t%d+\\t', '%1\\t' .. deadline .. '\\t')
       end
       redis.call('SET', key, table.concat(lines, '\\n'))
       redis.call('ZADD', KEYS[1], deadline, members[i])
     end
     return #members
-    """))
+    """)
     return int(store.redis.eval(script, 1, store.keys.deadlines, deadline_ms, store.keys.worker("")))

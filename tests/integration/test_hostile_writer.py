@@ -117,8 +117,8 @@ def apply(scene: Scene, write: tuple[str, Any]) -> None:
     elif what == "forged-order":
         index, sig, mac = payload
         pid, start = scene.innocents[index]
-        line = f"{scene.node}:{pid}:{start} {sig} 1 1 - - - ".encode() + (mac.replace(b" ", b"_") or b"-")
-        client.xadd(keys.deliver(scene.node), {"o1": line + b" 1 forger scope"})
+        line = f"{scene.node}:{pid}:{start}\t1\tforger\tscope\t1\t1\t{sig}\t\t\t\t".encode()
+        client.xadd(keys.deliver(scene.node), {"o1": line + mac.replace(b" ", b"_").replace(b"\t", b"_")})
     elif what == "garbage-entry":
         client.xadd(keys.deliver(scene.node), payload)
     elif what == "forged-timer":

@@ -55,7 +55,7 @@ if failed then return failed end
 
 local now = deadline_arg > 0 and deadline_arg or now_ms()
 local deadline_ms = deadline_arg > 0 and deadline_arg or now + ttl_ms
-local entries, malformed = parse_record(record)
+local entries, malformed = scan_record(record, false)
 local lines = {}
 local replaced = false
 local worker_earliest = deadline_ms

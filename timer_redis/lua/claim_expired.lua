@@ -21,9 +21,9 @@
 -- Returns  {now_ms, next_deadline_ms or -1, "<deadline_ms> <worker> <scope_id>", ...}: one string per reaped
 --          worker, naming the timer that expired first
 -- Errors   "BAD_ARG <name> <value>" (nothing is changed then)
--- Orders   one XADD per node that got orders, field "o1": one line per reaped worker,
---          "<worker> <signal> <deadline_ms> <ttl_ms> <kill_after_ms|-> <dump_signal|-> <group|-> <mac|->
---          <claimed_ms> <claimer> <scope_id>" (the scope last: it may hold spaces)
+-- Orders   one XADD per node that got orders, field "o1": one line per reaped worker, its fields separated by tabs:
+--          "<worker> <claimed_ms> <claimer> <the record line of its first due timer>" (records.py: scope_id,
+--          deadline_ms, ttl_ms, signal, kill_after_ms, dump_signal, group, mac)
 -- Events   "expired" per reaped worker; "malformed" {key, detail} per thing taken out of the path: a record that
 --          holds another type or lines that do not parse, a deadline with no record, a member that names no
 --          worker, a score below every timer of its worker (moved to its earliest timer), a key of ours that
@@ -75,9 +75,6 @@ local doomed_members = {}  -- removed from deadlines in one ZREM per chunk
 local doomed_keys = {}     -- records deleted in one DEL per chunk
 local rewrites = {}        -- {worker, record key, lines, earliest}: garbage lines dropped, score fixed
 local removed_extra = 0
-local function token(text)
-  return text == '' and '-' or text
-end
 
 for i = 1, worker_count do
   local worker = ARGV[first_worker + i - 1]
@@ -94,7 +91,7 @@ for i = 1, worker_count do
       doomed_members[#doomed_members + 1] = worker
       report(worker_key, 'missing: the deadline of ' .. worker .. ' had no record; deadline removed')
     else
-      local entries, bad = parse_record(record)
+      local entries, bad = scan_record(record, true)
       if #bad > 0 then
         report(worker_key, #bad .. ' line(s) that do not parse, dropped; first: ' .. string.sub(bad[1], 1, 120))
       end
@@ -110,9 +107,7 @@ for i = 1, worker_count do
         removed_extra = removed_extra + #entries - 1
         orders[node_index] = orders[node_index] or {}
         local lines = orders[node_index]
-        lines[#lines + 1] = worker .. ' ' .. first.signal_text .. ' ' .. first.deadline_text .. ' ' .. first.ttl_text
-          .. ' ' .. token(first.kill_after) .. ' ' .. token(first.dump_signal) .. ' ' .. token(first.group) .. ' '
-          .. token(first.mac) .. ' ' .. now_text .. ' ' .. claimer .. ' ' .. first.scope
+        lines[#lines + 1] = worker .. '\t' .. now_text .. '\t' .. claimer .. '\t' .. first.line
         events[#events + 1] = {'type', 'expired', 'worker', worker, 'scope_id', first.scope,
           'deadline_ms', first.deadline_text, 'claimed_ms', now_text, 'claimer', claimer}
         result[#result + 1] = first.deadline_text .. ' ' .. worker .. ' ' .. first.scope

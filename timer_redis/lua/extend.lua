@@ -31,13 +31,15 @@ if not is_token(mac) then return bad_arg('mac', mac) end
 
 local record, failed = call_on('string', worker_key, 'GET')
 if failed then return failed end
-local entries, malformed = parse_record(record)
+local entries, malformed = scan_record(record, false)
 local target = nil
 for _, entry in ipairs(entries) do
   if entry.scope == scope_id then target = entry end
 end
 if not target then return false end
-if expected_mac ~= '' and target.mac ~= expected_mac then return -1 end
+if not valid_line(target.line) then return false end  -- garbage is no timer: the claim script reports it
+local fields = parse_entry(target.line)
+if expected_mac ~= '' and fields.mac ~= expected_mac then return -1 end
 local previous, failed_zset = call_on('zset', deadlines_key, 'ZSCORE', worker)
 if failed_zset then return failed_zset end
 
@@ -49,7 +51,8 @@ for _, entry in ipairs(entries) do
   local line, deadline = entry.line, entry.deadline
   if entry == target then
     deadline = deadline_ms
-    line = entry_line(scope_id, deadline_ms, ttl_ms, entry.signal, entry.kill_after, entry.dump_signal, entry.group, mac)
+    line = entry_line(scope_id, deadline_ms, ttl_ms, fields.signal, fields.kill_after, fields.dump_signal,
+      fields.group, mac)
   end
   lines[#lines + 1] = line
   if not worker_earliest or deadline < worker_earliest then worker_earliest = deadline end

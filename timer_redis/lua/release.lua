@@ -19,7 +19,7 @@ if scope_id == '' then return bad_arg('scope_id', scope_id) end
 local record, failed = call_on('string', worker_key, 'GET')
 if failed then return failed end
 if not record then return 0 end
-local entries, malformed = parse_record(record)
+local entries, malformed = scan_record(record, false)
 local lines = {}
 local removed = 0
 local worker_earliest = nil

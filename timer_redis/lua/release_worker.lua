@@ -24,7 +24,7 @@ local failed = check_types({{deadlines_key, 'zset'}, {events_key, 'stream'}})
 if failed then return failed end
 
 local entries = {}
-if redis.call('TYPE', worker_key)['ok'] == 'string' then entries = parse_record(redis.call('GET', worker_key)) end
+if redis.call('TYPE', worker_key)['ok'] == 'string' then entries = scan_record(redis.call('GET', worker_key), false) end
 redis.call('DEL', worker_key)
 redis.call('ZREM', deadlines_key, worker)
 if #entries > 1 then adjust_extra(extra_key, 1 - #entries) end

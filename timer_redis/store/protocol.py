@@ -80,12 +80,13 @@ def _is_missing_group(error: redis.ResponseError) -> bool:
     return "NOGROUP" in str(error) or "requires the key to exist" in str(error)
 
 
-# One order line (claim_expired.lua's format), checked in one match: a batch holds up to 1,000.
+# One order line (claim_expired.lua's format: the worker, when and by whom it was claimed, then the record line of
+# its first due timer, records.py), checked in one match: a batch holds up to 1,000.
 _ORDER = re.compile(
     r"(?P<worker>(?P<node>[A-Za-z0-9_.@+=-]{1,128}):(?P<pid>[0-9]{1,10}):(?P<start>[0-9]{1,20}))"
-    r" (?P<signal>[0-9]{1,3}) (?P<deadline>[0-9]{1,15}) (?P<ttl>[0-9]{1,15})"
-    r" (?P<kill_after>[0-9]{1,15}|-) (?P<dump>[0-9]{1,3}|-) (?P<group>\S+) (?P<mac>\S+)"
-    r" (?P<claimed>[0-9]{1,15}) (?P<claimer>\S+) (?P<scope>.+)",
+    r"\t(?P<claimed>[0-9]{1,15})\t(?P<claimer>[^\s]+)"
+    r"\t(?P<scope>[^\t\n]+)\t(?P<deadline>[0-9]{1,15})\t(?P<ttl>[0-9]{1,15})\t(?P<signal>[0-9]{1,3})"
+    r"\t(?P<kill_after>[0-9]{0,15})\t(?P<dump>[0-9]{0,3})\t(?P<group>[^\s]*)\t(?P<mac>[^\s]*)",
     re.ASCII,
 )
 
@@ -99,7 +100,7 @@ def parse_order(entry_id: str, line: str) -> DeliveryOrder:
     match = _ORDER.fullmatch(line)
     if match is None:
         raise ValueError("not an order")
-    worker, node, pid, start, signal, deadline, ttl, kill_after, dump, group, mac, claimed, claimer, scope = (
+    worker, node, pid, start, claimed, claimer, scope, deadline, ttl, signal, kill_after, dump, group, mac = (
         match.groups()
     )
     if signal == "0" or kill_after == "0" or dump == "0":
@@ -116,10 +117,10 @@ def parse_order(entry_id: str, line: str) -> DeliveryOrder:
         int(claimed),
         claimer,
         int(ttl),
-        None if kill_after == "-" else int(kill_after),
-        None if dump == "-" else int(dump),
-        None if group == "-" else group,
-        "" if mac == "-" else mac,
+        int(kill_after) if kill_after else None,
+        int(dump) if dump else None,
+        group or None,
+        mac,
         line,
     )
 

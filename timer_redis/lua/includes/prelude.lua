@@ -88,34 +88,45 @@ end
 
 -- A worker's record (records.py): one line per timer, fields separated by tabs:
 --   scope_id  deadline_ms  ttl_ms  signal  kill_after_ms  dump_signal  group  mac
--- parse_entry(line) is a table {scope, deadline, ttl, signal, kill_after, dump_signal, group, mac, line} with
--- deadline, ttl and signal as numbers (and their text in deadline_text, ttl_text, signal_text), kill_after and
--- dump_signal as text ('' when unused), or nil when the line is not one. One pattern match a line: a claim of
--- 1,000 workers parses 1,000 of them.
-local ENTRY = '^([^\t]+)\t(%d+)\t(%d+)\t(%d+)\t(%d*)\t(%d*)\t([^\t%s]*)\t([^\t%s]*)$'
-local function parse_entry(line)
-  local scope, deadline, ttl, signal, kill_after, dump_signal, group, mac = string.match(line, ENTRY)
-  -- At most 15 digits: exact in a double. A signal or kill_after of 0 is no signal, no escalation.
-  if not scope or #deadline > 15 or #ttl > 15 or #signal > 3 or #kill_after > 15 or #dump_signal > 3 then
-    return nil
-  end
-  local signal_number = tonumber(signal)
-  if signal_number < 1 or kill_after == '0' or dump_signal == '0' then return nil end
-  return {scope = scope, deadline = tonumber(deadline), ttl = tonumber(ttl), signal = signal_number,
-    deadline_text = deadline, ttl_text = ttl, signal_text = signal, kill_after = kill_after,
-    dump_signal = dump_signal, group = group, mac = mac, line = line}
+-- Scripts that change one timer need only each line's scope and deadline (its head); the claim also checks every
+-- field of the lines it reads, and extend the fields of the line it rewrites (parse_entry). A line is read with
+-- one pattern match: these run for every timer of a worker on every acquire and release.
+local ENTRY = '^[^\t]+\t%d+\t%d+\t%d+\t%d*\t%d*\t[^\t%s]*\t[^\t%s]*$'
+local HEAD = '^([^\t]+)\t(%d+)\t'
+local FIELDS = '^([^\t]+)\t(%d+)\t(%d+)\t(%d+)\t(%d*)\t(%d*)\t([^\t%s]*)\t([^\t%s]*)$'
+
+-- Whether every field of `line` is well-formed: numbers of at most 15 digits (exact in a double), a signal of 1 to
+-- 3 digits that is not 0, and no kill_after or dump_signal of 0 (0 would mean no signal, no escalation).
+local function valid_line(line)
+  if not string.find(line, ENTRY) then return false end
+  local _, deadline, ttl, signal, kill_after, dump_signal = string.match(line, FIELDS)
+  return #deadline <= 15 and #ttl <= 15 and #signal <= 3 and tonumber(signal) >= 1 and #kill_after <= 15
+    and #dump_signal <= 3 and kill_after ~= '0' and dump_signal ~= '0'
 end
 
--- The entries of a record, in order, and its lines that did not parse (kept as they are, never dropped
--- silently: the claim script reports them). A missing record (false from GET) has neither.
-local function parse_record(record)
+-- The lines of a record as entries {scope, deadline, line}, in order, and the lines that are not entries (kept as
+-- they are, never dropped silently: the claim script reports them). `strict` checks every field of each line
+-- (valid_line); otherwise only its head. A missing record (false from GET) has neither.
+local function scan_record(record, strict)
   local entries, malformed = {}, {}
   if not record or record == '' then return entries, malformed end
   for line in string.gmatch(record, '[^\n]+') do
-    local entry = parse_entry(line)
-    if entry then entries[#entries + 1] = entry else malformed[#malformed + 1] = line end
+    local scope, deadline = string.match(line, HEAD)
+    if scope and #deadline <= 15 and (not strict or valid_line(line)) then
+      entries[#entries + 1] = {scope = scope, deadline = tonumber(deadline), deadline_text = deadline, line = line}
+    else
+      malformed[#malformed + 1] = line
+    end
   end
   return entries, malformed
+end
+
+-- Every field of a well-formed line (valid_line): {scope, deadline, ttl, signal, kill_after, dump_signal, group,
+-- mac}, the numbers as numbers, kill_after and dump_signal as text ('' when unused).
+local function parse_entry(line)
+  local scope, deadline, ttl, signal, kill_after, dump_signal, group, mac = string.match(line, FIELDS)
+  return {scope = scope, deadline = tonumber(deadline), ttl = tonumber(ttl), signal = tonumber(signal),
+    kill_after = kill_after, dump_signal = dump_signal, group = group, mac = mac}
 end
 
 -- A record line of the given fields (numbers written without exponent).
