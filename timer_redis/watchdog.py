@@ -251,22 +251,23 @@ class Watchdog:
     def carry_out(self, order: DeliveryOrder) -> DeliveryResult:
         """Screen ``order`` (its node, its signal, with a secret its signature and deadline) and carry it out with
         the deliverer; never raises. The result's ``sent_ms`` is when, on the Redis clock."""
-        verify = self.verifier()
         now_ms = self.server_now_ms()
         try:
             if order.node != self.node:
                 detail = f"an order for node {order.node} in the stream of node {self.node}"
                 outcome = DeliveryResult(Outcome.REFUSED, detail, reason=Refusal.OTHER_NODE.value)
             elif self._custom_deliverer is None:
-                outcome = deliver(order, self.policy, verify=verify, server_now_ms=now_ms)
+                outcome = deliver(order, self.policy, verify=self.verifier(), server_now_ms=now_ms)
             else:
+                verify = self.verifier()
                 outcome = screen(order, self.policy, verify=verify, server_now_ms=now_ms) or self._custom_deliverer(
                     order
                 )
         except Exception as error:  # a broken deliverer must not stop the replica
             log.exception("delivering %s failed", order.worker)
             outcome = DeliveryResult(Outcome.FAILED, f"{type(error).__name__}: {error}")
-        log.info("%s %s scope=%s: %s", outcome.outcome.value, order.worker, order.scope_id, outcome.detail)
+        if log.isEnabledFor(logging.INFO):  # checked first: a mass expiry logs nothing at WARNING, and pays nothing
+            log.info("%s %s scope=%s: %s", outcome.outcome.value, order.worker, order.scope_id, outcome.detail)
         return DeliveryResult(outcome.outcome, outcome.detail, sent_ms=self.server_now_ms(), reason=outcome.reason)
 
     def _outcome_event(self, order: DeliveryOrder, outcome: DeliveryResult) -> list[Any]:

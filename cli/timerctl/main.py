@@ -769,7 +769,8 @@ def stats(state: CliState, replica_timeout: float) -> None:
         return
     now_ms = data["now_ms"]
     earliest = data["earliest_deadline_ms"]
-    click.echo(f"namespace           {store.keys.namespace} at {store.url}")
+    shards = f" ({data['shards']} shards)" if data["shards"] > 1 else ""
+    click.echo(f"namespace           {store.keys.namespace} at {store.url}{shards}")
     click.echo(f"live timers         {data['live_timers']}")
     click.echo(f"due timers          {data['due_timers']}")
     click.echo(f"next deadline       {in_or_overdue(earliest - now_ms) if earliest is not None else '-'}")

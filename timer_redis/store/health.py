@@ -167,7 +167,7 @@ class StoreHealth(StoreBase):
         timers but no live replica is listed in ``stuck_nodes``: nothing will signal its workers.
 
         Returns:
-            A JSON-ready dict: ``now_ms``, ``live_timers``, ``workers``, ``due_workers``, ``due_timers`` (timers
+            A JSON-ready dict: ``now_ms``, ``shards``, ``live_timers``, ``workers``, ``due_workers``, ``due_timers`` (timers
             of the first 1000 due workers), ``earliest_deadline_ms``, ``pending_deliveries`` (node -> orders not
             finished, read or not), ``replicas`` (replica id -> last heartbeat with ``age_ms`` and ``live``; dead
             ones are listed until ``FORGET_REPLICA_SECONDS``), ``nodes`` (node -> ``live_replicas``,
@@ -218,6 +218,7 @@ class StoreHealth(StoreBase):
         policy = self.eviction_policy()
         return {
             "now_ms": now_ms,
+            "shards": len(self.shard_keys),
             "live_timers": live_timers,
             "workers": workers,
             "due_workers": due_workers,
