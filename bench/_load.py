@@ -9,8 +9,8 @@ rather than writing keys directly keeps the loaded layout exactly what the libra
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Iterator, Sequence
-from importlib import resources
 
 import redis
 
@@ -27,7 +27,7 @@ SIGKILL = 9
 def _acquire(store: TimerStore, worker: str, scope_id: str, ttl_ms: int, sha: str) -> bytes:
     """One packed EVALSHA of acquire.lua: an unsigned timer, due ``ttl_ms`` after the server runs it."""
     keys = store.scripts.acquire_keys(store.keys, worker)
-    args = [*store.scripts.acquire_worker_args(store.keys, worker, WorkerOptions(SIGKILL)), scope_id, ttl_ms, 0, "", ""]
+    args = store.scripts.acquire_args(store.keys, worker, WorkerOptions(SIGKILL), scope_id, ttl_ms)
     return pack("EVALSHA", sha, len(keys), *keys, *args)
 
 
@@ -49,32 +49,27 @@ def load_timers(store: TimerStore, port: int, timers: Iterable[tuple[str, str]],
 def set_all_deadlines(store: TimerStore, deadline_ms: int) -> int:
     """Move every live timer's deadline to ``deadline_ms`` (a benchmark shortcut for "all due at once"): each
     worker's record and its score. Touches keys it does not declare: a benchmark shortcut, never library code."""
-    prelude = resources.files("timer_redis").joinpath("lua", "includes", "prelude.lua").read_text(encoding="utf-8")
-    script = (
-        prelude
-        + """
-    local deadline = tonumber(ARGV[1])
+    script = textwrap.dedent("""
+    local deadline = ARGV[1]
     local members = redis.call('ZRANGE', KEYS[1], 0, -1)
     for i = 1, #members do
       local key = ARGV[2] .. members[i]
-      local entries = parse_record(redis.call('GET', key))
       local lines = {}
-      for _, e in ipairs(entries) do
-        lines[#lines + 1] = entry_line(e.scope, deadline, e.ttl, e.signal, e.kill_after, e.dump_signal, e.group, e.mac)
+      for line in string.gmatch(redis.call('GET', key) or '', '[^\\n]+') do
+        lines[#lines + 1] = string.gsub(line, '^([^\\t]+)\\t%d+\\t', '%1\\t' .. deadline .. '\\t')
       end
       redis.call('SET', key, table.concat(lines, '\\n'))
       redis.call('ZADD', KEYS[1], deadline, members[i])
     end
     return #members
-    """
-    )
+    """)
     return int(store.redis.eval(script, 1, store.keys.deadlines, deadline_ms, store.keys.worker("")))
 
 
 def wake_watchdogs(store: TimerStore, deadline_ms: int) -> None:
     """Tell the watchdogs that ``deadline_ms`` is the earliest deadline now (what acquire.lua publishes), since
     ``set_all_deadlines`` moves deadlines behind the scripts' back."""
-    store.redis.publish(store.keys.wake_channel, f"deadline {deadline_ms}")
+    store.redis.spublish(store.keys.wake_channel, f"deadline {deadline_ms}")
 
 
 def unfinished_orders(store: TimerStore, node: str) -> tuple[int, int]:

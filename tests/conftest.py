@@ -1,4 +1,5 @@
-"""Shared fixtures: a fakeredis store for unit tests, a real redis-server for integration tests."""
+"""Shared fixtures: a fakeredis store for unit tests; a real redis-server, Redis Cluster and Sentinel deployment
+for integration tests."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import fakeredis
 import pytest
 import redis
 
+from tests.redis_cluster import ClusterServers
+from tests.redis_sentinel import SentinelServers
 from tests.redis_server import RedisServer
 from timer_redis import TimerStore
 
@@ -55,11 +58,12 @@ def store(fake_redis: fakeredis.FakeRedis) -> TimerStore:
     return TimerStore(fake_redis, "test")
 
 
-def _require_redis_server() -> None:
-    if shutil.which("redis-server") is None:
-        if IN_CI:
-            pytest.fail("redis-server is not on PATH, and CI=true forbids skipping the real-Redis tests")
-        pytest.skip("redis-server is not on PATH")
+def _require_redis_server(*binaries: str) -> None:
+    for binary in ("redis-server", *binaries):
+        if shutil.which(binary) is None:
+            if IN_CI:
+                pytest.fail(f"{binary} is not on PATH, and CI=true forbids skipping the real-Redis tests")
+            pytest.skip(f"{binary} is not on PATH")
 
 
 @pytest.fixture(scope="session")
@@ -104,3 +108,38 @@ def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
         if process.poll() is None:
             process.kill()
         process.wait()
+
+
+@pytest.fixture(scope="module")
+def module_redis_cluster() -> Iterator[ClusterServers]:
+    """One 3-master Redis Cluster (a replica each) per test module; tests take it through `redis_cluster`."""
+    _require_redis_server("redis-cli")
+    # A longer node timeout than the default: nothing here is failed over on purpose, so a node starved of CPU
+    # by a busy machine must not be failed over by accident either.
+    with ClusterServers(node_timeout_ms=5000) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(module_redis_cluster: ClusterServers) -> ClusterServers:
+    """The module's cluster, flushed (keys and scripts) before each test. Kill nothing and move no slot in it:
+    take `own_redis_cluster` for that."""
+    module_redis_cluster.wait_until_stable()
+    module_redis_cluster.flushall()
+    return module_redis_cluster
+
+
+@pytest.fixture
+def own_redis_cluster() -> Iterator[ClusterServers]:
+    """A 3-master Redis Cluster with a replica each, of this test alone: kill -9 a master, move slots."""
+    _require_redis_server("redis-cli")
+    with ClusterServers() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def own_redis_sentinel() -> Iterator[SentinelServers]:
+    """A primary, its replica and three sentinels, of this test alone: kill -9 the primary."""
+    _require_redis_server()
+    with SentinelServers() as deployment:
+        yield deployment

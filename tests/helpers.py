@@ -1,4 +1,4 @@
-"""Small helpers shared by the tests: waiting on conditions, snapshotting Redis."""
+"""Small helpers shared by the tests: waiting on conditions, snapshotting Redis, recording calls through a fault."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 T = TypeVar("T")
 
@@ -73,3 +78,82 @@ def other_thread_id() -> Iterator[int]:
     finally:
         done.set()
         thread.join()
+
+
+def probe_client(port: int, password: str | None = None) -> redis.Redis:
+    """A client for polling a server of the tests: decoded replies, short timeouts and no retries of its own, since
+    the poll loop retries (redis-py 6+ would otherwise back off for seconds on a port that does not listen yet)."""
+    return redis.Redis(
+        port=port,
+        password=password,
+        decode_responses=True,
+        socket_timeout=2.0,
+        socket_connect_timeout=1.0,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def wait_for_redis(condition: Callable[[], T | None], timeout: float = 10.0, what: str = "") -> T:
+    """`wait_for`, where a server that does not answer yet (refused, timed out, loading, cluster down) means not yet."""
+
+    def answered() -> T | None:
+        try:
+            return condition()
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            return None
+
+    value = wait_for(answered, timeout=timeout, interval=0.02, what=what)
+    assert value is not None  # wait_for returns only a truthy value
+    return value
+
+
+@dataclass
+class Outcome:
+    """One call of a `Recorder`'s operation: when it started (monotonic), how long it took, what it raised."""
+
+    started: float
+    seconds: float
+    error: BaseException | None
+
+
+@dataclass
+class Recorder:
+    """Calls ``operation`` every 10 ms in a thread and records each outcome, to see what a client lives through."""
+
+    operation: Callable[[], Any]
+    outcomes: list[Outcome] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                self.operation()
+                error = None
+            except Exception as exc:
+                error = exc
+            self.outcomes.append(Outcome(started, time.monotonic() - started, error))
+            self.stop.wait(0.01)
+
+    def failures(self) -> list[Outcome]:
+        """The calls that raised."""
+        return [outcome for outcome in self.outcomes if outcome.error is not None]
+
+    def succeeded_after(self, moment: float) -> bool:
+        """Whether a call started after ``moment`` (monotonic) and succeeded."""
+        return any(o.error is None and o.started > moment for o in self.outcomes)
+
+
+@contextmanager
+def recording(*recorders: Recorder) -> Iterator[None]:
+    """Run each recorder in a thread for the duration of the block; stop and join them however it ends."""
+    threads = [threading.Thread(target=recorder.run, daemon=True) for recorder in recorders]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        for recorder in recorders:
+            recorder.stop.set()
+        for thread in threads:
+            thread.join(5)

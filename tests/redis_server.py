@@ -13,6 +13,8 @@ from pathlib import Path
 
 import redis
 
+from tests.helpers import probe_client
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
@@ -63,8 +65,8 @@ class RedisServer:
             args += [f"--{name.replace('_', '-')}", value]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
-        password = self.config.get("requirepass")
-        probe = redis.Redis(port=self.port, password=password, socket_timeout=0.5, socket_connect_timeout=0.5)
+        # No retries of the probe's own (redis-py 6+ would back off for seconds on a port not listening yet).
+        probe = probe_client(self.port, password=self.config.get("requirepass"))
         while True:
             if self.process.poll() is not None:
                 stderr = self.process.stderr.read().decode() if self.process.stderr else ""

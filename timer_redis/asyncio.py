@@ -10,9 +10,11 @@ Example::
         await handle(request)
 
 A timer belongs to the process, as with the sync client: a watchdog signals the process, not the task. The
-client runs the same Lua scripts as ``TimerStore`` (so the timers are the same records, claimed by the same
-watchdogs) and waits for every reply. A client is bound to the event loop it first runs on, like any
-``redis.asyncio`` client: make one per loop, and ``await client.aclose()`` at the end.
+client runs the same Lua scripts as ``TimerStore`` (so the timers are the same records, in the same shard, claimed
+by the same watchdogs) and waits for every reply. It takes the same URLs (Redis Cluster, Sentinel) and settings
+(``shards``, ``durable``; durable writes on Redis Cluster need the sync client). A client is bound to the event
+loop it first runs on, like any ``redis.asyncio`` client: make one per loop, and ``await client.aclose()`` at the
+end.
 """
 
 from __future__ import annotations
@@ -28,15 +30,16 @@ import redis.asyncio as aioredis
 
 from . import api
 from .client import MIN_TTL_SECONDS, check_expiration_time
-from .connection import check_url, connection_options, describe_client, mask_url, translate_error
-from .errors import InvalidArgumentError
-from .keys import Keys, check_scope_id
+from .connection import describe_client, is_cluster, mask_url, open_async_redis, translate_error
+from .errors import InvalidArgumentError, StoreUnavailableError
+from .keys import Keys, check_scope_id, recorded_shards, shard_mismatch, shard_of
 from .process import Owner, check_pid
 from .records import WorkerOptions
 from .scripts import Scripts, script_source
 from .servertime import REFRESH_SECONDS
 from .settings import TimerSettings, parse_signal, url_from_env
 from .signing import SignedTimer, Signer, load_secret
+from .store.base import durable_wait_ms
 from .validation import seconds_to_ms, timestamp
 
 __all__ = ["AsyncRedisTimerClient", "configure", "expires", "get_default_client"]
@@ -76,17 +79,18 @@ class AsyncRedisTimerClient:
         if namespace is not None and namespace != settings.namespace:
             settings = settings.with_changes(namespace=namespace)
         self.settings = settings
-        self.keys = Keys(settings.namespace)
+        self.shard_keys = [Keys(settings.namespace, shard, settings.shards) for shard in range(settings.shards)]
+        self.keys = self.shard_keys[0]
         if redis_client is None:
-            raw_url = check_url(url_from_env(url))
-            try:
-                redis_client = aioredis.Redis.from_url(raw_url, **connection_options(settings))
-            except ValueError as error:
-                raise InvalidArgumentError(f"bad Redis URL {mask_url(raw_url)!r}: {error}") from None
+            raw_url = url_from_env(url)
+            redis_client = open_async_redis(raw_url, settings)
             self.url = mask_url(raw_url)
         else:
             self.url = describe_client(redis_client)
+        if settings.durable and is_cluster(redis_client):
+            raise InvalidArgumentError("durable=True on Redis Cluster needs the sync client (RedisTimerClient)")
         self.redis = redis_client
+        self._layout_checked = False
         self._options = WorkerOptions(settings.signal if signal is None else parse_signal(signal))
         loaded = load_secret(secret)
         self._signer = Signer(loaded) if loaded else None
@@ -149,10 +153,45 @@ class AsyncRedisTimerClient:
             deadline_ms = await self._server_now_ms() + ttl_ms
             signed = SignedTimer(self.keys.namespace, worker, scope_id, self._options.signal, deadline_ms)
             mac = self._signer.mac(signed)
-        args = [*Scripts.acquire_worker_args(self.keys, worker, self._options), scope_id, ttl_ms, deadline_ms, "", mac]
-        async with self._translated_errors():
-            reply = await self._acquire(keys=Scripts.acquire_keys(self.keys, worker), args=args)
+        keys = self._keys_of(worker)
+        args = [*Scripts.acquire_worker_args(keys, worker, self._options), scope_id, ttl_ms, deadline_ms, "", mac]
+        reply = await self._write(self._acquire, Scripts.acquire_keys(keys, worker), args)
         return int(reply[0])
+
+    def _keys_of(self, worker: str) -> Keys:
+        return self.shard_keys[shard_of(worker, len(self.shard_keys))]
+
+    async def _write(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run ``script`` and return its reply; with ``durable``, on one connection with a WAIT for a replica (as
+        ``TimerStore.run_write``)."""
+        await self._check_layout()
+        async with self._translated_errors():
+            if not self.settings.durable:
+                return await script(keys=keys, args=args)
+            wait_ms = durable_wait_ms(self.settings.socket_timeout)
+            pipe = self.redis.pipeline(transaction=False)
+            await script(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", 1, wait_ms)
+            reply, acknowledged = await pipe.execute()
+        if int(acknowledged) < 1:
+            raise StoreUnavailableError(
+                f"no replica of the Redis at {self.url} acknowledged the write within {wait_ms} ms (durable=True)"
+            )
+        return reply
+
+    async def _check_layout(self) -> None:
+        """Refuse a namespace recorded with another number of shards (as ``TimerStore.check_layout``)."""
+        if self._layout_checked:
+            return
+        shards = len(self.shard_keys)
+        async with self._translated_errors():
+            found = await self.redis.get(self.keys.meta)
+            recorded = recorded_shards(found)
+            if recorded is not None and recorded != shards:
+                raise shard_mismatch(self.keys.namespace, recorded, shards)
+            if found is None and shards > 1:
+                await self.redis.set(self.keys.meta, f"shards {shards}", nx=True)
+        self._layout_checked = True
 
     async def _server_now_ms(self) -> int:
         """Now on the Redis clock, from an offset measured with TIME (again every minute): as ``ServerClock``."""
@@ -174,9 +213,8 @@ class AsyncRedisTimerClient:
         """
         check_scope_id(scope_id)
         worker = self.worker_id()
-        async with self._translated_errors():
-            removed = await self._release(keys=Scripts.acquire_keys(self.keys, worker), args=[worker, scope_id])
-        return bool(removed)
+        keys = Scripts.acquire_keys(self._keys_of(worker), worker)
+        return bool(await self._write(self._release, keys, [worker, scope_id]))
 
     async def aclose(self) -> None:
         """Close the connections."""

@@ -13,8 +13,8 @@ from .keys import check_scope_id
 from .process import Owner, check_pid
 from .settings import TimerSettings, url_from_env
 from .store import TimerStore
+from .store.timers import WorkerCalls
 from .validation import timestamp
-from .wire import WorkerCommands
 
 # An expiration time already in the past still makes a timer, due at once (torch reaps it on the next pass too).
 MIN_TTL_SECONDS = 0.001
@@ -99,7 +99,7 @@ class RedisTimerClient(TimerClient):
         self._worker_pid = -1
         self._worker = ""
         # The fast path's packed commands for this process' worker (rebuilt after a fork, when the pid changes).
-        self._commands: WorkerCommands | None = None
+        self._commands: WorkerCalls | None = None
         self._commands_pid = -1
 
     @property
@@ -150,7 +150,7 @@ class RedisTimerClient(TimerClient):
         commands = self._commands if pid == self._commands_pid else self._commands_of(pid)
         commands.release(scope_id, self._wait)  # type: ignore[union-attr]
 
-    def _commands_of(self, pid: int) -> WorkerCommands:
+    def _commands_of(self, pid: int) -> WorkerCalls:
         commands = self.store.worker_commands(self.worker_id(), self._options)
         self._commands, self._commands_pid = commands, pid
         return commands

@@ -23,25 +23,17 @@ from typing import Any
 from .api import configure
 from .client import RedisTimerClient
 from .errors import InvalidArgumentError
-from .settings import DEFAULT_URL, TimerSettings
+from .settings import DEFAULT_URL, TimerSettings, env_value, parse_flag
 
 # Read by configure_from_env(); TIMER_REDIS_MAX_INTERVAL is read too (by TimerSettings) but only watchdogs use it.
 ENV_VARIABLES = ("TIMER_REDIS_URL", "TIMER_REDIS_NAMESPACE", "TIMER_REDIS_NODE", "TIMER_REDIS_SIGNAL")
-_TRUE = ("1", "true", "yes", "on")
 # The default-URL warning is given once per process, however often configure_from_env() runs.
 _warned_default_url = False
-_FALSE = ("0", "false", "no", "off")
 
 
 def _strict_from_env(env: Mapping[str, str]) -> bool | None:
-    value = env.get("TIMER_REDIS_STRICT", "").strip().lower()
-    if not value:
-        return None
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise InvalidArgumentError(f"TIMER_REDIS_STRICT must be 1/0, true/false, yes/no or on/off, got {value!r}")
+    value = env.get("TIMER_REDIS_STRICT", "")
+    return env_value("TIMER_REDIS_STRICT", value, parse_flag) if value.strip() else None  # type: ignore[return-value]
 
 
 def configure_from_env(environ: Mapping[str, str] | None = None, *, torch: bool | None = None) -> RedisTimerClient:

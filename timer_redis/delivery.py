@@ -65,9 +65,10 @@ class Refusal(str, enum.Enum):
     OTHER_NODE = "other-node"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DeliveryOrder:
-    """One reaped worker to be signalled, as claim_expired.lua queued it on its node's stream."""
+    """One reaped worker to be signalled, as claim_expired.lua queued it on its node's stream. (Not frozen: a
+    frozen dataclass sets each of these fields through object.__setattr__, which shows in a batch of 1,000.)"""
 
     entry_id: str
     worker: str
@@ -181,9 +182,9 @@ def screen(
     Returns:
         The refusal, or None when the order passed.
     """
-    name = signal_name(order.signal)
     if order.signal not in policy.allowed_signals:
         allowed = ", ".join(sorted(signal_name(s) for s in policy.allowed_signals))
+        name = signal_name(order.signal)
         return _refused(Refusal.SIGNAL_NOT_ALLOWED, f"{name} is not among the allowed signals ({allowed})")
     if verify is not None:
         if not verify(order):

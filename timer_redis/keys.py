@@ -1,17 +1,21 @@
 """Every Redis key and channel name, derived from a namespace, and the ids they are built from (nodes, workers,
 scopes), each with the check that keeps it safe to embed.
 
-All keys of a namespace share the hash tag ``{<namespace>}``, so every script touches one slot and runs unchanged
-on Redis Cluster.
+A namespace is one shard, or several (``shards=N``). All keys of a shard share one hash tag: ``{<namespace>}`` with
+one shard (the layout of an unsharded namespace), ``{<namespace>#<k>}`` for shard k of N. Every script touches
+the keys of one shard only, so it runs on one slot of Redis Cluster, and the shards of a namespace spread over its
+masters. A worker lives in one shard (``shard_of``), so reaping it stays one atomic script.
 """
 
 from __future__ import annotations
 
 import re
+import zlib
 
 from .errors import InvalidArgumentError
 
 MAX_NAMESPACE_LENGTH = 64
+MAX_SHARDS = 1024
 MAX_SCOPE_BYTES = 1024
 MAX_NODE_LENGTH = 128
 
@@ -113,24 +117,74 @@ def split_member(member: str) -> tuple[str, str]:
     return worker, scope_id
 
 
+def shard_of(worker: str, shards: int) -> int:
+    """The shard that holds ``worker``'s timers: a stable hash (CRC-32) of its id, the same in every process."""
+    return zlib.crc32(worker.encode()) % shards if shards > 1 else 0
+
+
+def check_shards(shards: object) -> int:
+    """Return ``shards`` if it is a usable number of shards (1 to 1024), else raise.
+
+    Raises:
+        InvalidArgumentError: not an int, or out of range.
+    """
+    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+        raise InvalidArgumentError(f"shards must be an int from 1 to {MAX_SHARDS}, got {shards!r}")
+    return shards
+
+
+def recorded_shards(value: object) -> int | None:
+    """The number of shards a namespace's ``meta`` value records (``"shards <N>"``), or None when it holds
+    anything else (bytes or text, as Redis returned it)."""
+    text = value.decode(errors="replace") if isinstance(value, bytes) else value
+    recorded, _, number = text.partition(" ") if isinstance(text, str) else ("", "", "")
+    if recorded == "shards" and number.isascii() and number.isdigit() and 1 <= int(number) <= MAX_SHARDS:
+        return int(number)
+    return None
+
+
+def shard_mismatch(namespace: str, recorded: int, shards: int) -> InvalidArgumentError:
+    """The error of a process whose number of shards is not the one its namespace records."""
+    return InvalidArgumentError(
+        f"namespace {namespace!r} is spread over {recorded} shards, this process over {shards}: set "
+        f"shards={recorded} (TIMER_REDIS_SHARDS, --shards) everywhere"
+    )
+
+
 class Keys:
-    """The key names of one namespace.
+    """The key names of one shard of a namespace (the namespace's only shard by default).
+
+    Args:
+        namespace: the namespace.
+        shard: which shard, 0 to ``shards`` - 1.
+        shards: how many shards the namespace has.
 
     Attributes:
         deadlines: zset, one member per worker with live timers, scored by its earliest deadline (ms, Redis clock).
-        count: string, how many timers are live (a worker's record holds several).
+        extra: string, how many live timers there are beyond the first of each worker (count = workers + extra).
+        wake_at: string, when the next watchdog to wake plans to (ms, Redis clock): an acquire due later needs no
+            wake-up message.
         events: stream, the capped audit trail.
         nodes: zset, every node that has had a delivery stream or a replica, scored by when it was last active.
         replicas: hash, watchdog heartbeats.
         wake_channel: pub/sub channel watchdogs sleep on.
     """
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, shard: int = 0, shards: int = 1) -> None:
         self.namespace = check_namespace(namespace)
-        self.prefix = f"timer:{{{namespace}}}:"
+        self.shard = shard
+        self.shards = check_shards(shards)
+        if not 0 <= shard < shards:
+            raise InvalidArgumentError(f"shard must be 0 to {shards - 1}, got {shard!r}")
+        tag = namespace if shards == 1 else f"{namespace}#{shard}"
+        self.prefix = f"timer:{{{tag}}}:"
+        # How many shards the namespace was created with, kept under the namespace's own tag whatever their number.
+        self.meta = f"timer:{{{namespace}}}:meta"
         self.deadlines = self.prefix + "deadlines"
-        self.count = self.prefix + "count"
+        self.extra = self.prefix + "extra"
+        self.wake_at = self.prefix + "wake_at"
         self.events = self.prefix + "events"
+        self.history = self.prefix + "history"
         self.nodes = self.prefix + "nodes"
         self.replicas = self.prefix + "replicas"
         self.wake_channel = self.prefix + "wake"

@@ -66,8 +66,9 @@ class WorkerOptions:
     group: str | None = None
 
 
-def _int(text: str, minimum: int) -> int | None:
-    if not text.isascii() or not text.isdigit():
+def _int(text: str, minimum: int, digits: int = 15) -> int | None:
+    """``text`` as an int >= minimum, if it is 1 to ``digits`` ASCII digits (15: exact in a Lua number)."""
+    if not text.isascii() or not text.isdigit() or len(text) > digits:
         return None
     value = int(text)
     return value if value >= minimum else None
@@ -76,14 +77,14 @@ def _int(text: str, minimum: int) -> int | None:
 def parse_line(line: str) -> TimerEntry | None:
     """One line of a record, or None when it is not one."""
     fields = line.split("\t")
-    if len(fields) != FIELDS or not fields[0]:
+    if len(fields) != FIELDS or not fields[0] or any(ch.isspace() for field in fields[6:] for ch in field):
         return None
     scope_id, deadline, ttl, signal, kill_after, dump_signal, group, mac = fields
-    deadline_ms, ttl_ms, signal_number = _int(deadline, 0), _int(ttl, 0), _int(signal, 1)
+    deadline_ms, ttl_ms, signal_number = _int(deadline, 0), _int(ttl, 0), _int(signal, 1, digits=3)
     if deadline_ms is None or ttl_ms is None or signal_number is None:
         return None
     kill_after_ms = _int(kill_after, 1) if kill_after else None
-    dump_number = _int(dump_signal, 1) if dump_signal else None
+    dump_number = _int(dump_signal, 1, digits=3) if dump_signal else None
     if (kill_after and kill_after_ms is None) or (dump_signal and dump_number is None):
         return None
     return TimerEntry(scope_id, deadline_ms, ttl_ms, signal_number, kill_after_ms, dump_number, group or None, mac)

@@ -10,6 +10,10 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
 
 def plain_socket(connection: Any) -> socket.socket | None:
     """The connection's socket when it is a plain TCP or unix socket (not TLS, not a fake), else None."""
@@ -37,3 +41,17 @@ def as_text(reply: Any) -> str:
     """A reply as text, whether the client decodes responses (str) or not (bytes); bytes that are not UTF-8 (what a
     Redis writer put there) become U+FFFD instead of an error."""
     return reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+
+
+def cluster_retry_options(*, asyncio: bool = False) -> dict[str, Any]:
+    """The ``RedisCluster`` arguments that make it ride out a failover (a few seconds of CLUSTERDOWN): ten tries,
+    backing off. From redis-py 6 its ``retry`` is the cluster-level policy; before, that was
+    ``cluster_error_retry_attempts`` and ``retry`` went to every node connection."""
+    major = int(redis.__version__.split(".")[0])
+    if major >= 6:
+        if asyncio:
+            from redis.asyncio.retry import Retry as AsyncRetry
+
+            return {"retry": AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 10)}
+        return {"retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 10)}
+    return {"cluster_error_retry_attempts": 10}

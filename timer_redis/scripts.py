@@ -51,11 +51,14 @@ def _lua_file(*parts: str) -> str:
     return resources.files(__package__).joinpath("lua", *parts).read_text(encoding="utf-8")
 
 
+def with_includes(source: str) -> str:
+    """``source`` with each ``--- @include "<name>"`` line replaced by ``lua/includes/<name>.lua``."""
+    return _INCLUDE.sub(lambda match: _lua_file("includes", f"{match.group(1)}.lua").rstrip("\n"), source)
+
+
 def script_source(name: str) -> str:
     """The text of ``lua/<name>.lua`` as Redis runs it: its includes pasted in."""
-    return _INCLUDE.sub(
-        lambda match: _lua_file("includes", f"{match.group(1)}.lua").rstrip("\n"), _lua_file(f"{name}.lua")
-    )
+    return with_includes(_lua_file(f"{name}.lua"))
 
 
 def header_key_count(source: str) -> int:
@@ -94,7 +97,7 @@ class Scripts:
 
         Raises:
             ValueError: ``keys`` is not as many keys as the script's header declares (a bug in this module); the
-                claim script declares a variable number (``KEYS[5..]``), checked by the script itself.
+                claim script declares a variable number (``KEYS[6..]``), checked by the script itself.
         """
         expected = KEY_COUNTS[name]
         if len(keys) != expected and not (name == "claim_expired" and len(keys) >= expected):
@@ -104,7 +107,7 @@ class Scripts:
     @staticmethod
     def acquire_keys(keys: Keys, worker: str) -> list[str]:
         """KEYS of acquire.lua (and release.lua)."""
-        return [keys.deadlines, keys.worker(worker), keys.count]
+        return [keys.deadlines, keys.worker(worker), keys.extra, keys.wake_at]
 
     @staticmethod
     def acquire_worker_args(keys: Keys, worker: str, options: WorkerOptions) -> list[Any]:
@@ -117,6 +120,28 @@ class Scripts:
             keys.wake_channel,
             MAX_TIMERS_PER_WORKER,
         ]
+
+    def acquire_args(
+        self,
+        keys: Keys,
+        worker: str,
+        options: WorkerOptions,
+        scope_id: str,
+        ttl_ms: int,
+        deadline_ms: int = 0,
+        kill_after_ms: int | None = None,
+        mac: str = "",
+    ) -> list[Any]:
+        """ARGV of acquire.lua."""
+        worker_args = self.acquire_worker_args(keys, worker, options)
+        return [*worker_args, scope_id, ttl_ms, deadline_ms, kill_after_ms or "", mac]
+
+    @staticmethod
+    def extend_args(
+        keys: Keys, worker: str, scope_id: str, ttl_ms: int, deadline_ms: int = 0, mac: str = "", expected_mac: str = ""
+    ) -> list[Any]:
+        """ARGV of extend.lua."""
+        return [worker, scope_id, ttl_ms, deadline_ms, mac, expected_mac, keys.wake_channel]
 
     def acquire(
         self,
@@ -132,14 +157,7 @@ class Scripts:
         mac: str = "",
     ) -> tuple[int, bool]:
         """Run acquire.lua; returns (deadline_ms, is_earliest)."""
-        args = [
-            *self.acquire_worker_args(keys, worker, options),
-            scope_id,
-            ttl_ms,
-            deadline_ms,
-            kill_after_ms or "",
-            mac,
-        ]
+        args = self.acquire_args(keys, worker, options, scope_id, ttl_ms, deadline_ms, kill_after_ms, mac)
         deadline, is_earliest = self.run("acquire", client, self.acquire_keys(keys, worker), args)
         return int(deadline), bool(is_earliest)
 
@@ -161,13 +179,13 @@ class Scripts:
     ) -> int | None:
         """Run extend.lua; returns the new deadline_ms, None when the timer does not exist, -1 when its MAC is no
         longer ``expected_mac``."""
-        args = [worker, scope_id, ttl_ms, deadline_ms, mac, expected_mac, keys.wake_channel]
+        args = self.extend_args(keys, worker, scope_id, ttl_ms, deadline_ms, mac, expected_mac)
         deadline = self.run("extend", client, [keys.deadlines, keys.worker(worker)], args)
         return None if deadline is None else int(deadline)
 
     def release_worker(self, client: Any, keys: Keys, worker: str, reason: str, maxlen: int) -> int:
         """Run release_worker.lua; returns how many timers were removed."""
-        script_keys = [keys.deadlines, keys.worker(worker), keys.count, keys.events]
+        script_keys = [keys.deadlines, keys.worker(worker), keys.extra, keys.events]
         return int(self.run("release_worker", client, script_keys, [worker, reason, maxlen]))
 
     def claim_expired(
@@ -183,7 +201,7 @@ class Scripts:
         ``strays`` (members that are not worker ids); returns its flat reply (see the script's header)."""
         nodes = list(dict.fromkeys(node for _, node in workers))
         index = {node: position for position, node in enumerate(nodes, start=1)}
-        script_keys = [keys.deadlines, keys.events, keys.nodes, keys.count]
+        script_keys = [keys.deadlines, keys.events, keys.nodes, keys.extra, keys.replicas]
         script_keys += [keys.worker(worker) for worker, _ in workers]
         script_keys += [keys.deliver(node) for node in nodes]
         args: list[Any] = [claimer, maxlen, keys.wake_channel, len(workers), len(nodes)]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 
 from .durations import parse_duration
 from .errors import InvalidArgumentError
-from .keys import check_namespace, check_node
+from .keys import check_namespace, check_node, check_shards
 from .validation import seconds, whole_number
 
 DEFAULT_URL = "redis://localhost:6379/0"
@@ -55,6 +55,10 @@ class TimerSettings:
         socket_timeout: seconds a Redis call may take before the client raises StoreUnavailableError.
         strict: wait for every reply of acquire/release instead of reading it on the next call.
         node: signalling domain of this process; None = hostname + pid namespace (process.py).
+        shards: how many shards (hash tags) the namespace's timers are spread over; more than 1 spreads them over the
+            masters of a Redis Cluster. Every client and watchdog of a namespace must use the same number.
+        durable: acquire, extend and release wait until a replica holds the write (``WAIT``), so a timer survives
+            a failover of the primary.
         node_retention: seconds a node may stay silent (no order queued for it, no replica of it heard) before its
             delivery stream and its entry in ``nodes`` are removed, once nothing of it waits.
     """
@@ -69,6 +73,8 @@ class TimerSettings:
     strict: bool = False
     node: str | None = field(default=None)
     node_retention: float = 3600.0
+    shards: int = 1
+    durable: bool = False
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
@@ -77,6 +83,9 @@ class TimerSettings:
             seconds(name, getattr(self, name))
         for name in ("claim_batch", "events_maxlen"):
             whole_number(name, getattr(self, name))
+        check_shards(self.shards)
+        if not isinstance(self.durable, bool):
+            raise InvalidArgumentError(f"durable must be True or False, got {self.durable!r}")
 
     def with_changes(self, **changes: object) -> TimerSettings:
         """A copy with the given fields replaced (and checked again)."""
@@ -84,9 +93,9 @@ class TimerSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> TimerSettings:
-        """Read ``TIMER_REDIS_NAMESPACE``, ``TIMER_REDIS_SIGNAL``, ``TIMER_REDIS_NODE`` and
-        ``TIMER_REDIS_MAX_INTERVAL`` (a duration: ``1.5``, ``500ms``, ``2m``); keyword arguments that are not None
-        win over the environment.
+        """Read ``TIMER_REDIS_NAMESPACE``, ``TIMER_REDIS_SIGNAL``, ``TIMER_REDIS_NODE``, ``TIMER_REDIS_MAX_INTERVAL``
+        (a duration: ``1.5``, ``500ms``, ``2m``), ``TIMER_REDIS_SHARDS`` and ``TIMER_REDIS_DURABLE`` (1/0, true/false,
+        yes/no, on/off); keyword arguments that are not None win over the environment.
 
         Raises:
             InvalidArgumentError: a variable (that no keyword argument overrides) holds a bad value; the message
@@ -120,12 +129,39 @@ def _max_interval(raw: str) -> float:
     return parse_duration(raw, "TIMER_REDIS_MAX_INTERVAL")
 
 
+def _shards(raw: str) -> int:
+    text = raw.strip()
+    if not text.isascii() or not text.isdigit():
+        raise InvalidArgumentError(f"must be a whole number of shards, got {raw!r}")
+    return check_shards(int(text))
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def parse_flag(raw: str) -> bool:
+    """``1/0``, ``true/false``, ``yes/no``, ``on/off`` (any case) as a bool.
+
+    Raises:
+        InvalidArgumentError: anything else.
+    """
+    value = raw.strip().lower()
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    raise InvalidArgumentError(f"must be 1/0, true/false, yes/no or on/off, got {raw!r}")
+
+
 # Variable -> (TimerSettings field, check that turns its text into the field's value).
 ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "TIMER_REDIS_NAMESPACE": ("namespace", check_namespace),
     "TIMER_REDIS_SIGNAL": ("signal", parse_signal),
     "TIMER_REDIS_NODE": ("node", check_node),
     "TIMER_REDIS_MAX_INTERVAL": ("max_interval", _max_interval),
+    "TIMER_REDIS_SHARDS": ("shards", _shards),
+    "TIMER_REDIS_DURABLE": ("durable", parse_flag),
 }
 
 

@@ -20,11 +20,13 @@ from typing import Any, Protocol
 
 from .delivery import DeliveryOrder, DeliveryResult, Outcome, Refusal, SignalPolicy, deliver, screen
 from .errors import AuthenticationError, StoreUnavailableError, TimerRedisError
+from .history import record_sample
 from .process import default_node
 from .settings import TimerSettings, parse_signal, url_from_env
 from .signing import SignedTimer
 from .store import Claim, TimerStore
 from .store.protocol import DeliveryEntry, MalformedOrder
+from .wake import WakeListener
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +183,7 @@ class Watchdog:
             result.taken_over = sum(len(entry.orders) for entry in taken)
             entries += taken
         # A full batch means more may be waiting: the next pass should not sleep.
-        result.backlog = len(claim.claimed) >= batch or len(entries) >= ENTRIES_PER_READ
+        result.backlog = claim.full or len(entries) >= ENTRIES_PER_READ
         return result, entries
 
     def finish_entries(
@@ -195,6 +197,7 @@ class Watchdog:
         acknowledge every entry with its outcome events, in one round trip. Fills ``result.delivered``,
         ``result.finished`` and ``result.malformed``."""
         finished: list[tuple[str, list[list[Any]], str]] = []
+        shards: list[int] = []  # per entry in `finished`, the shard it came from
         owners: list[int] = []  # per delivered order, the index of its entry in `finished`
         for entry in entries:
             events: list[list[Any]] = []
@@ -209,10 +212,16 @@ class Watchdog:
                 events.append(self._outcome_event(order, outcome))
             for bad in entry.malformed:
                 log.warning("malformed delivery order in %s entry %s: %s", self.node, bad.entry_id, bad.detail)
-                events.append(self._malformed_event(bad))
+                events.append(self._malformed_event(bad, entry.shard))
                 result.malformed.append(bad)
             finished.append((entry.entry_id, events, "\n".join(again)))
-        flags = self.store.finish_deliveries(self.node, finished)
+            shards.append(entry.shard)
+        flags: list[bool] = [False] * len(finished)
+        for shard in sorted(set(shards)):  # one round trip per shard that had entries
+            mine = [index for index, entry_shard in enumerate(shards) if entry_shard == shard]
+            for index, flag in zip(mine, self.store.finish_deliveries(self.node, [finished[i] for i in mine],
+                                                                      shard=shard), strict=True):  # fmt: skip
+                flags[index] = flag
         result.finished = [flags[index] for index in owners]
 
     def server_now_ms(self) -> int:
@@ -242,22 +251,23 @@ class Watchdog:
     def carry_out(self, order: DeliveryOrder) -> DeliveryResult:
         """Screen ``order`` (its node, its signal, with a secret its signature and deadline) and carry it out with
         the deliverer; never raises. The result's ``sent_ms`` is when, on the Redis clock."""
-        verify = self.verifier()
         now_ms = self.server_now_ms()
         try:
             if order.node != self.node:
                 detail = f"an order for node {order.node} in the stream of node {self.node}"
                 outcome = DeliveryResult(Outcome.REFUSED, detail, reason=Refusal.OTHER_NODE.value)
             elif self._custom_deliverer is None:
-                outcome = deliver(order, self.policy, verify=verify, server_now_ms=now_ms)
+                outcome = deliver(order, self.policy, verify=self.verifier(), server_now_ms=now_ms)
             else:
+                verify = self.verifier()
                 outcome = screen(order, self.policy, verify=verify, server_now_ms=now_ms) or self._custom_deliverer(
                     order
                 )
         except Exception as error:  # a broken deliverer must not stop the replica
             log.exception("delivering %s failed", order.worker)
             outcome = DeliveryResult(Outcome.FAILED, f"{type(error).__name__}: {error}")
-        log.info("%s %s scope=%s: %s", outcome.outcome.value, order.worker, order.scope_id, outcome.detail)
+        if log.isEnabledFor(logging.INFO):  # checked first: a mass expiry logs nothing at WARNING, and pays nothing
+            log.info("%s %s scope=%s: %s", outcome.outcome.value, order.worker, order.scope_id, outcome.detail)
         return DeliveryResult(outcome.outcome, outcome.detail, sent_ms=self.server_now_ms(), reason=outcome.reason)
 
     def _outcome_event(self, order: DeliveryOrder, outcome: DeliveryResult) -> list[Any]:
@@ -275,8 +285,8 @@ class Watchdog:
                 event += ["lag_ms", outcome.sent_ms - order.deadline_ms]
         return event
 
-    def _malformed_event(self, bad: MalformedOrder) -> list[Any]:
-        key = self.store.keys.deliver(self.node)
+    def _malformed_event(self, bad: MalformedOrder, shard: int) -> list[Any]:
+        key = self.store.shard_keys[shard].deliver(self.node)
         return [
             "type",
             "malformed",
@@ -302,7 +312,7 @@ class Watchdog:
         """
         backoff = 0.1
         failing_since: float | None = None
-        pubsub: Any = None
+        wake: WakeListener | None = None
         succeeded = False
         # Replicas restarted together would otherwise all claim at the same instant; a short random first sleep
         # spreads them. It is kept well under a second, because due timers wait for it.
@@ -310,8 +320,8 @@ class Watchdog:
         try:
             while not self._stop.is_set():
                 try:
-                    if pubsub is None:
-                        pubsub = self.store.subscribe_wake()  # subscribe before the pass, so no wake is missed
+                    if wake is None:
+                        wake = self.store.subscribe_wake()  # subscribe before the pass, so no wake is missed
                     self._heartbeat()
                     result = self.run_once()
                     if failing_since is not None:
@@ -319,7 +329,9 @@ class Watchdog:
                     backoff, failing_since, succeeded = 0.1, None, True
                     if result.backlog:
                         continue
-                    self._sleep(pubsub, min(self._sleep_seconds(result), self._until_housekeeping()))
+                    seconds = min(self._sleep_seconds(result), self._until_housekeeping())
+                    self.store.plan_wake(self.server_now_ms() + int(seconds * 1000))
+                    self._sleep(wake, seconds)
                 except Exception as error:  # one failed pass must never end the replica: log, back off, go on
                     if isinstance(error, AuthenticationError) and not succeeded:
                         raise
@@ -333,13 +345,13 @@ class Watchdog:
                         log.exception("watchdog pass failed; retrying in %.1f s", backoff)
                     if isinstance(error, TimerRedisError):
                         # A new subscription after a failure: the old one may be dead without knowing it.
-                        _close_quietly(pubsub)
-                        pubsub = None
+                        _close_quietly(wake)
+                        wake = None
                     failing_since = failing_since or time.monotonic()
                     self._stop.wait(backoff * self._rng.uniform(0.5, 1.5))
                     backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
         finally:
-            _close_quietly(pubsub)
+            _close_quietly(wake)
             with suppress(TimerRedisError):
                 self.store.forget_replica(self.replica_id)
 
@@ -351,22 +363,20 @@ class Watchdog:
             seconds = min(seconds, max(0.0, (result.next_deadline_ms - result.now_ms) / 1000))
         return seconds
 
-    def _sleep(self, pubsub: Any, seconds: float) -> None:
-        """Wait ``seconds``, or less when a wake message is meant for this replica (or stop() was called)."""
+    def _sleep(self, wake: WakeListener, seconds: float) -> None:
+        """Wait ``seconds``, or less when a wake message is meant for this replica (or stop() was called).
+
+        Raises:
+            StoreUnavailableError: the wake subscription broke (the loop subscribes anew).
+        """
         end = time.monotonic() + seconds
         wanted = (f"deliver {self.node}".encode(), f"stop {self.replica_id}".encode())
         while not self._stop.is_set():
             remaining = end - time.monotonic()
             if remaining <= 0:
                 return
-            try:
-                message = pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
-            except Exception as error:  # the pub/sub connection broke: report it as an outage
-                raise StoreUnavailableError(f"wake channel lost: {error}") from error
-            if message is None:
-                continue
-            data = message.get("data", b"")
-            if isinstance(data, bytes) and (data.startswith(b"deadline") or data in wanted):
+            data = wake.next_message(remaining)
+            if data is not None and (data.startswith(b"deadline") or data in wanted):
                 return
 
     def _until_housekeeping(self) -> float:
@@ -385,6 +395,7 @@ class Watchdog:
         if not self._warned:
             self._warned = True
             self.warn_at_start()
+        record_sample(self.store)  # at most one per 10 s for the namespace, whatever the number of replicas
         self.store.forget_idle_consumers(self.node, int(self.settings.lease * 1000), keep=self.replica_id)
         self.store.forget_gone_nodes(self.settings.node_retention)
         now_ms = self._started_ms and self.server_now_ms()
@@ -434,9 +445,9 @@ class Watchdog:
         return self._stop.is_set()
 
 
-def _close_quietly(pubsub: Any) -> None:
-    if pubsub is not None:
+def _close_quietly(wake: WakeListener | None) -> None:
+    if wake is not None:
         try:
-            pubsub.close()
+            wake.close()
         except Exception:
             log.debug("closing the wake subscription failed", exc_info=True)

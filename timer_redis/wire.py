@@ -10,6 +10,8 @@ delivery orders. bench/ shows what each of these buys.
 from __future__ import annotations
 
 import atexit
+import logging
+import math
 import os
 import select
 import sys
@@ -26,6 +28,8 @@ import redis
 from .errors import TimerRedisError
 from .keys import check_scope_id
 from .redis_compat import as_text, new_connection, plain_socket, pooled_connection
+
+log = logging.getLogger(__name__)
 
 # What poll() reports when the server closed the connection: POLLRDHUP (Linux) is the peer's close even while
 # replies are waiting to be read; POLLHUP and POLLERR are reported whatever is asked.
@@ -61,7 +65,13 @@ SCRIPT_LOAD_REPLY_LINES = 2
 # Reading what has arrived costs a poll() and a read(). A hot loop reads every READ_EVERY calls; any call that comes
 # READ_AFTER seconds or more after the last read reads first, so a slow loop sees an error on its next call.
 READ_EVERY = 16
-READ_AFTER = 0.001
+READ_AFTER = 0.05
+# A release is held for the next command's write() at most this long, and is written at least this long before the
+# deadline of the timer it releases (a flusher thread writes it when no next command comes).
+HOLD_SECONDS = 0.002
+HOLD_MARGIN = 0.05
+# While Redis is unreachable, the flusher tries this often to send again the commands that had returned.
+RESEND_SECONDS = 0.5
 # Scope ids whose encoding a worker keeps (the default scopes of a program are a few "<file>#<line>").
 MAX_CACHED_SCOPES = 4096
 
@@ -153,6 +163,7 @@ class UnreadReplies:
         self._translated_errors = translated_errors
         self._lock = threading.Lock()
         self._unread: deque[_Sent] = deque()
+        self._flusher: threading.Thread | None = None
         self._forget_connection()
         _LIVE_WRITERS.add(self)
 
@@ -165,12 +176,65 @@ class UnreadReplies:
         self._received = b""
         self._last_read = 0.0
         self._unchecked = 0  # sends since the last read
+        # Held commands (released timers, see hold()): the last len(held) of _unread, not written yet; a new
+        # connection writes every unread command, held ones included, so they are simply forgotten here.
+        self._held = b""
+        self._held_until = math.inf  # monotonic time by which they must be on the wire
 
     def forget_after_fork(self) -> None:
         """In a forked child: the connection and its replies belong to the parent, so drop them unread."""
         self._lock = threading.Lock()
         self._forget_connection()
         self._unread.clear()
+        self._flusher = None
+
+    def hold(self, packed: bytes, lines: int, due: float) -> bool:
+        """Hold a command (a release) to go out with the next one in the same ``write()``, or within
+        ``HOLD_SECONDS`` when no next one comes, and in any case ``HOLD_MARGIN`` before ``due`` (monotonic: the
+        deadline of the timer it releases). In a loop of blocks this halves the system calls per block.
+
+        Returns:
+            Whether it is held; False (strict mode, not the raw path, or ``due`` too near) means send it now.
+        """
+        with self._lock:
+            now = time.monotonic()
+            reading_due = self._unchecked >= READ_EVERY or now - self._last_read >= READ_AFTER
+            if self._fd < 0 or due - now < 2 * HOLD_MARGIN or (reading_due and self._unread) or self._hangup.poll(0):
+                return False  # the caller sends it now, reading what has come first (an error surfaces there)
+            self._unread.append(_Sent(lines, packed, now))
+            self._unchecked += 1
+            self._held += packed
+            self._held_until = min(self._held_until, now + HOLD_SECONDS, due - HOLD_MARGIN)
+        if self._flusher is None:
+            self._start_flusher()
+        return True
+
+    def _start_flusher(self) -> None:
+        """A daemon thread that writes held commands out when no next command took them along in time."""
+        with self._lock:
+            if self._flusher is not None:
+                return
+            self._flusher = threading.Thread(target=self._flush_held_forever, name="timer-redis-release", daemon=True)
+        self._flusher.start()
+
+    def _flush_held_forever(self) -> None:
+        """Write held commands when their time comes; and while Redis is unreachable, keep trying to reconnect
+        (every ``RESEND_SECONDS``) so that a release that returned reaches Redis even if no later call comes."""
+        me = threading.current_thread()
+        retry_at = 0.0
+        while self._flusher is me:
+            time.sleep(HOLD_SECONDS / 2)
+            with self._lock:
+                now = time.monotonic()
+                due = bool(self._held) and now >= self._held_until
+                stranded = self._connection is None and bool(self._unread) and now >= retry_at
+                if not (due or stranded):
+                    continue
+                try:
+                    self._write_held()
+                except Exception as error:  # the next call reports it; the commands stay unread, to be resent
+                    log.warning("writing held releases failed, retrying in %.1f s: %s", RESEND_SECONDS, error)
+                    retry_at = now + RESEND_SECONDS
 
     def send(self, packed: bytes, lines: int, wait: bool = False) -> None:
         """Put one packed command on the socket; with ``wait``, read every reply up to its own.
@@ -190,24 +254,40 @@ class UnreadReplies:
             if (
                 self._fd >= 0
                 and not wait
-                and (not unread or (self._unchecked < READ_EVERY and now - self._last_read < READ_AFTER))
+                and (
+                    len(unread) == self._held_count()
+                    or (self._unchecked < READ_EVERY and now - self._last_read < READ_AFTER)
+                )
                 and not self._hangup.poll(0)
             ):
-                # The hot path: nothing to read yet and the server has not closed the connection: one write().
-                # A write() on a connection the server closed still succeeds once (the kernel takes it, the peer
-                # answers with a reset), so it would be lost without an error; poll() sees the close first.
+                # The hot path: nothing to read yet and the server has not closed the connection: one write(), of
+                # the held commands and this one. A write() on a connection the server closed still succeeds once
+                # (the kernel takes it, the peer answers with a reset), so it would be lost without an error;
+                # poll() sees the close first.
                 sent = _Sent(lines, packed, now)
+                first = not unread
                 unread.append(sent)
+                data = self._held + packed if self._held else packed
                 try:
-                    written = os.write(self._fd, packed)
+                    written = os.write(self._fd, data)
                 except BlockingIOError:
                     written = 0
                 except OSError:
                     written = -1
-                if written == len(packed):
+                if written == len(data):
+                    self._held, self._held_until = b"", math.inf
                     self._unchecked += 1
-                    if unread[0] is sent:
+                    if first:
                         self._last_read = now  # nothing was unread before: the read interval starts here
+                    return
+                if written > 0 or self._held:
+                    # Part of it (or held commands) on the wire, or to be: finish in the careful path, where a
+                    # broken connection is replaced and every unread command, this one too, is sent again.
+                    try:
+                        self._finish_write(data, max(written, 0))
+                    except Exception:
+                        with self._translated_errors():
+                            raise
                     return
                 unread.pop()
             else:
@@ -256,7 +336,7 @@ class UnreadReplies:
                         except redis.ResponseError as failure:
                             earlier_failure = failure
                     self._unread.append(sent)
-                    self._write(sent.packed)
+                    self._write(self._take_held() + sent.packed)
                     if earlier_failure is not None:
                         raise earlier_failure
                 if wait:
@@ -283,6 +363,8 @@ class UnreadReplies:
             try:
                 if not had_connection:
                     self._connect()
+                if self._held:
+                    self._write(self._take_held())
                 self._read_all()
             except redis.ConnectionError:
                 if not had_connection:
@@ -290,6 +372,45 @@ class UnreadReplies:
                 self._disconnect()
                 self._connect()
                 self._read_all()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            self._give_up(error, None)
+            raise
+
+    def _held_count(self) -> int:
+        """How many of the unread commands are held (not written yet)."""
+        if not self._held:
+            return 0
+        count, size = 0, 0
+        for sent in reversed(self._unread):
+            if size >= len(self._held):
+                break
+            size += len(sent.packed)
+            count += 1
+        return count
+
+    def _take_held(self) -> bytes:
+        held, self._held, self._held_until = self._held, b"", math.inf
+        return held
+
+    def _write_held(self) -> None:
+        """Write the held commands now (the flusher's job), replacing a connection the server closed."""
+        try:
+            if self._connection is None or self._hangup.poll(0):
+                raise redis.ConnectionError("Connection closed by server.")
+            self._write(self._take_held())
+        except redis.ConnectionError:
+            self._disconnect()
+            self._connect()  # writes every unread command, the held ones included
+
+    def _finish_write(self, data: bytes, written: int) -> None:
+        """The hot path's write went short: finish it, or send everything unread again on a new connection."""
+        self._held, self._held_until = b"", math.inf
+        try:
+            try:
+                self._write(data[written:])
+            except redis.ConnectionError:
+                self._disconnect()
+                self._connect()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             self._give_up(error, None)
             raise
@@ -373,7 +494,7 @@ class UnreadReplies:
                     raise redis.ConnectionError("Connection closed by server.")
                 self._received += data
             if self._received:
-                if not self._unread:
+                if len(self._unread) == self._held_count():
                     # No reply is due, so bytes mean the server closed it or sent what we cannot use.
                     raise redis.ConnectionError("Connection closed by server.")
                 self._take_replies()
@@ -453,6 +574,11 @@ class UnreadReplies:
         self._unread.popleft()
 
     def _failed(self, sent: _Sent, message: str) -> None:
+        if message.startswith("READONLY"):
+            # The primary became a replica (a Sentinel failover): the write did not happen. Like a closed
+            # connection: a new one (to the primary the sentinels name now) sends it again with every later one.
+            self._unread.appendleft(sent)
+            raise redis.ConnectionError(f"the server is a replica now: {message}")
         if not message.startswith("NOSCRIPT"):
             raise redis.ResponseError(message)
         # The server lost its scripts (SCRIPT FLUSH, or a restart that kept this connection): load them again on
@@ -482,9 +608,11 @@ class WorkerCommands:
             each call appends scope_id, ttl_ms, deadline_ms, kill_after_ms and mac.
         release_prefix: KEYS and the constant ARGV of release.lua; each call appends scope_id.
         send: ``UnreadReplies.send`` of the store's writer.
+        hold: ``UnreadReplies.hold``: a release is held for the next write instead of written at once, when the
+            timer it releases is not due within ``HOLD_MARGIN`` (None: every release is written at once).
     """
 
-    __slots__ = ("_acquire_head", "_release_head", "_scopes", "_send")
+    __slots__ = ("_acquire_head", "_due", "_hold", "_release_head", "_scopes", "_send")
 
     def __init__(
         self,
@@ -493,8 +621,11 @@ class WorkerCommands:
         acquire_prefix: tuple[Sequence[Any], Sequence[Any]],
         release_prefix: tuple[Sequence[Any], Sequence[Any]],
         send: Callable[[bytes, int, bool], None],
+        hold: Callable[[bytes, int, float], bool] | None = None,
     ) -> None:
         self._acquire_head = _head(acquire_sha, *acquire_prefix, per_call=5)
+        self._hold = hold
+        self._due: dict[str, float] = {}  # scope -> monotonic deadline, for holding its release
         self._release_head = _head(release_sha, *release_prefix, per_call=1)
         self._scopes: dict[str, bytes] = {}
         self._send = send
@@ -527,6 +658,10 @@ class WorkerCommands:
             if deadline_ms or kill_after_ms or mac
             else _PLAIN_ACQUIRE_TAIL
         )
+        if self._hold is not None and not wait:
+            if len(self._due) >= MAX_CACHED_SCOPES:
+                self._due.clear()
+            self._due[scope_id] = time.monotonic() + ttl_ms / 1000
         self._send(b"%s%s$%d\r\n%s\r\n%s" % (self._acquire_head, scope, len(ttl), ttl, tail), ACQUIRE_REPLY_LINES, wait)
 
     def release(self, scope_id: str, wait: bool = False) -> None:
@@ -535,7 +670,11 @@ class WorkerCommands:
             scope = self._scopes[scope_id]
         except (KeyError, TypeError):
             scope = self._scope(scope_id)
-        self._send(self._release_head + scope, RELEASE_REPLY_LINES, wait)
+        due = self._due.pop(scope_id, None)
+        packed = self._release_head + scope
+        if due is not None and not wait and self._hold is not None and self._hold(packed, RELEASE_REPLY_LINES, due):
+            return
+        self._send(packed, RELEASE_REPLY_LINES, wait)
 
 
 # deadline_ms 0 (server TIME + ttl), no kill_after, no mac: what every unsigned acquire ends with.
@@ -562,15 +701,18 @@ class RawCommands:
         self._client = client
 
     def execute(self, *args: Any) -> Any:
+        # hiredis packs the whole command in C; redis-py's own packing first checks each argument in Python,
+        # which is most of the cost of a claim of 1,000 workers.
+        packed = [_pack(args)] if _pack is not None else None
         pool = self._client.connection_pool
         connection = pooled_connection(pool)
         try:
             try:
-                connection.send_command(*args)
+                self._send(connection, args, packed)
                 return connection.read_response()
             except redis.ConnectionError:
                 connection.disconnect()
-                connection.send_command(*args)
+                self._send(connection, args, packed)
                 return connection.read_response()
         except redis.ResponseError:
             raise
@@ -580,11 +722,44 @@ class RawCommands:
         finally:
             pool.release(connection)
 
+    @staticmethod
+    def _send(connection: Any, args: tuple[Any, ...], packed: list[bytes] | None) -> None:
+        if packed is None:
+            connection.send_command(*args)
+        else:
+            connection.send_packed_command(packed)
+
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
         return self.execute("EVALSHA", sha, numkeys, *keys_and_args)
 
     def script_load(self, script: str) -> Any:
         return as_text(self.execute("SCRIPT", "LOAD", script))
+
+
+class ClusterCommands:
+    """``RawCommands`` for a Redis Cluster client: each command goes through ``RedisCluster.execute_command``, which
+    routes it by its key and follows MOVED and ASK. Replies come through redis-py's callbacks (the store's parsers
+    take both shapes). Scripts are loaded on every primary, so a failover's new primary may still lack them: the
+    NOSCRIPT that follows loads them again (``Script.__call__``)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def execute(self, *args: Any) -> Any:
+        return self._client.execute_command(*args)
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        return self._client.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
+
+    def script_load(self, script: str) -> Any:
+        return as_text(self._client.script_load(script))
+
+
+_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:  # hiredis comes with redis[hiredis], a dependency; without it redis-py packs (slower, same bytes)
+    from hiredis import pack_command as _pack
+except ImportError:  # pragma: no cover
+    _pack = None
 
 
 _LIVE_WRITERS: weakref.WeakSet[UnreadReplies] = weakref.WeakSet()

@@ -5,6 +5,8 @@ Exit codes (README "timerctl"): scripts can tell an outage from a typo from a mi
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Any
 
 import click
@@ -68,6 +70,7 @@ class CliState:
     Args:
         url: Redis URL.
         namespace: key space.
+        shards: how many shards the namespace is spread over.
         json_output: print JSON instead of tables.
         debug: let tracebacks through.
         timeout: socket timeout of the Redis connection, seconds.
@@ -82,6 +85,7 @@ class CliState:
         url: str = DEFAULT_URL,
         namespace: str = "default",
         *,
+        shards: int = 1,
         json_output: bool = False,
         debug: bool = False,
         timeout: float = 5.0,
@@ -91,6 +95,7 @@ class CliState:
     ) -> None:
         self.url = url
         self.namespace = namespace
+        self.shards = shards
         self.json_output = json_output
         self.debug = debug
         self.timeout = timeout
@@ -141,7 +146,9 @@ class CliState:
         if self._store is None:
             self.checked_namespace()
             try:
-                settings = TimerSettings.from_env(namespace=self.namespace, socket_timeout=self.timeout)
+                settings = TimerSettings.from_env(
+                    namespace=self.namespace, socket_timeout=self.timeout, shards=self.shards
+                )
             except TimerRedisError as error:
                 raise CliError(str(error), EXIT_CONFIG) from None
             try:
@@ -189,3 +196,16 @@ def _name(param: click.Parameter | None) -> str:
 
 
 SECONDS = Seconds()
+
+
+def wait_for_interrupt() -> None:
+    """Return on SIGINT (Ctrl-C) or SIGTERM, whichever comes first; the previous handlers are restored."""
+    stop = threading.Event()
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in handled}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

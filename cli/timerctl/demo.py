@@ -27,9 +27,11 @@ import click
 from timer_redis import Event, TimerInfo, TimerStore, Watchdog
 from timer_redis.connection import mask_url
 from timer_redis.keys import parse_worker_id
+from timer_redis.settings import TimerSettings
 from timer_redis.signing import SECRET_ENV, SECRET_FILE_ENV, load_secret
 
-from .context import EXIT_ERROR, CliError, CliState, Seconds
+from .context import EXIT_ERROR, CliError, CliState, Seconds, wait_for_interrupt
+from .dashboard import DEFAULT_HOST, DEFAULT_PORT, DashboardData, DashboardServer
 from .group import TimerctlCommand
 from .render import emit_json, event_summary, format_duration, plural
 
@@ -40,6 +42,8 @@ REPLICAS = 2
 # 3 steps x 0.5 ttl = 15 s and a hung one dies after 0.5 ttl + ttl = 15 s.
 HARD_LIMIT_SECONDS = 25.0
 TICK_SECONDS = 0.1
+# With --dashboard the workers wait this long at most for the page to be opened.
+DASHBOARD_WAIT_SECONDS = 30.0
 
 
 @dataclass
@@ -137,8 +141,15 @@ class DemoRun:
 @click.option(
     "--ttl", type=Seconds(0.5, 10.0), default=3.0, show_default=True, help="Timer of each worker step: 500ms to 10s."
 )
+@click.option(
+    "--dashboard",
+    "with_dashboard",
+    is_flag=True,
+    help="Serve the live page (`timerctl dashboard`, read-only) and print its address: the workers start once it is "
+    f"open (or after {DASHBOARD_WAIT_SECONDS:.0f} s), and it stays up after the summary until Ctrl-C.",
+)
 @click.pass_context
-def demo(ctx: click.Context, workers: int, hung: int, ttl: float) -> None:
+def demo(ctx: click.Context, workers: int, hung: int, ttl: float, with_dashboard: bool) -> None:
     """Watch hung workers being killed: an embedded Redis, two watchdog replicas and a few workers, some of which
     hang. Ends by itself (in about 5 s with the defaults) with a summary; exit status 0 when every hung worker was
     killed and every healthy one finished.
@@ -149,6 +160,7 @@ def demo(ctx: click.Context, workers: int, hung: int, ttl: float) -> None:
     \b
     Examples:
       timerctl demo
+      timerctl demo --dashboard                  # the same, on a page at http://127.0.0.1:8377/
       timerctl demo --workers 10 --hung 3 --ttl 2s
       timerctl demo --url redis://localhost:6379/0 --json
     """
@@ -163,23 +175,28 @@ def demo(ctx: click.Context, workers: int, hung: int, ttl: float) -> None:
     secret, secret_env = demo_secret(state)
     with ExitStack() as stack:
         url = stack.enter_context(embedded_redis()) if embedded else state.url
-        store = TimerStore.from_url(url, namespace, secret=secret)
+        settings = TimerSettings.from_env(namespace=namespace, shards=state.shards, max_interval=0.5)
+        store = TimerStore.from_url(url, settings=settings, secret=secret)
         stack.callback(store.redis.close)
-        run = DemoRun(url=mask_url(url), namespace=namespace, embedded=embedded, ttl=ttl)
-        run.server_start_ms = run.now_ms = store.server_time_ms()
         for _ in range(REPLICAS):
-            replica = Watchdog(url=url, namespace=namespace, max_interval=0.5, secret=secret)
+            replica = Watchdog(url=url, settings=settings, secret=secret)
             replica.start()
             stack.callback(replica.store.redis.close)
             stack.callback(replica.stop)
+        page = stack.enter_context(demo_dashboard(store, state.json_output)) if with_dashboard else None
+        run = DemoRun(url=mask_url(url), namespace=namespace, embedded=embedded, ttl=ttl)
+        run.server_start_ms = run.now_ms = store.server_time_ms()
         stack.callback(stop_workers, run)
-        start_workers(run, workers, hung, url, secret_env)
+        start_workers(run, workers, hung, url, {**secret_env, "TIMER_REDIS_SHARDS": str(state.shards)})
         out.begin(run, REPLICAS)
         watch(run, store, out)
-    summary = run.summary()
-    out.end(run, summary)
-    if state.json_output:
-        emit_json(summary)
+        summary = run.summary()
+        out.end(run, summary)
+        if state.json_output:
+            emit_json(summary)
+        if page is not None:
+            click.echo(f"the dashboard stays up at {page.url}: Ctrl-C ends the demo", err=state.json_output)
+            wait_for_interrupt()
     if not summary["ok"]:
         raise CliError("demo failed: " + describe_failure(summary), EXIT_ERROR)
 
@@ -217,6 +234,24 @@ def demo_secret(state: CliState) -> tuple[bytes, dict[str, str]]:
     return text.encode(), {SECRET_ENV: text}
 
 
+@contextmanager
+def demo_dashboard(store: TimerStore, err: bool) -> Iterator[DashboardServer]:
+    """The read-only dashboard of the demo's namespace in a thread, on port 8377 (any free one if that is taken);
+    returns once the page has been opened, or after DASHBOARD_WAIT_SECONDS."""
+    data = DashboardData(store)
+    try:
+        server = DashboardServer(data, DEFAULT_HOST, DEFAULT_PORT)
+    except CliError:
+        server = DashboardServer(data, DEFAULT_HOST, 0)
+    server.start()
+    try:
+        click.echo(f"dashboard: {server.url}  (the workers start once it is open)", err=err)
+        data.first_read.wait(DASHBOARD_WAIT_SECONDS)
+        yield server
+    finally:
+        server.stop()
+
+
 def start_workers(run: DemoRun, count: int, hung: int, url: str, secret_env: dict[str, str]) -> None:
     """Start ``count`` workers; ``hung`` of them, spread out, hang at step 2."""
     spacing = count // hung if hung else 0
@@ -242,7 +277,7 @@ def stop_workers(run: DemoRun) -> None:
 
 def watch(run: DemoRun, store: TimerStore, out: View) -> None:
     """Poll the workers, the timers and the events until every worker has exited, and show it."""
-    last_event_id = "0-0"
+    cursor = {keys.shard: "0-0" for keys in store.shard_keys}
     settle_until: float | None = None
     while True:
         for worker in run.workers:
@@ -250,9 +285,9 @@ def watch(run: DemoRun, store: TimerStore, out: View) -> None:
                 worker.exit_code = worker.process.returncode
                 worker.ended_at = run.elapsed()
                 out.worker_ended(run, worker)
-        new_events = store.events(count=500, after=last_event_id)
+        new_events = store.events(count=500, after=cursor)
         if new_events:
-            last_event_id = new_events[-1].id
+            cursor = store.follow_cursor(new_events, cursor)
             run.events.extend(new_events)
             for event in new_events:
                 out.event(run, event)

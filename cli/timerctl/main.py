@@ -18,10 +18,11 @@ import click
 from click.core import ParameterSource
 
 from timer_redis import PassResult, TimerNotFoundError, TimerStore, Watchdog, __version__
-from timer_redis.keys import MEMBER_SEPARATOR, check_node, parse_worker_id, split_member, timer_member
+from timer_redis.keys import MAX_SHARDS, MEMBER_SEPARATOR, check_node, parse_worker_id, split_member, timer_member
 from timer_redis.settings import DEFAULT_URL, parse_signal
 
 from .context import EXIT_INVALID, SECONDS, CliError, CliState, pass_state
+from .dashboard import dashboard
 from .demo import demo
 from .group import TimerctlGroup
 from .owners import (
@@ -59,7 +60,8 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
     envvar="TIMER_REDIS_URL",
     default=DEFAULT_URL,
     show_default=True,
-    help="Redis URL (redis://, rediss://, unix://); env TIMER_REDIS_URL.",
+    help="Redis URL: redis://, rediss://, unix://, redis+cluster://h:p[,h:p...], "
+    "redis+sentinel://h:p[,h:p...]/<master>; env TIMER_REDIS_URL.",
 )
 @click.option(
     "--namespace",
@@ -67,6 +69,15 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
     default="default",
     show_default=True,
     help="Key space of the timers; env TIMER_REDIS_NAMESPACE.",
+)
+@click.option(
+    "--shards",
+    type=click.IntRange(1, MAX_SHARDS),
+    envvar="TIMER_REDIS_SHARDS",
+    default=1,
+    show_default=True,
+    help="How many shards (hash tags) the namespace is spread over, the same for every process of it; more than 1 "
+    "spreads it over the masters of a Redis Cluster; env TIMER_REDIS_SHARDS.",
 )
 @click.option("--json", "json_output", is_flag=True, help="Print JSON (shapes in the README) instead of tables.")
 @click.option("--timeout", type=SECONDS, default=5.0, show_default=True, help="Redis socket timeout (a duration).")
@@ -705,12 +716,13 @@ def events(state: CliState, count: int, follow: bool, types: tuple[str, ...], ma
         click.echo(f"no {kinds} {scope} in namespace {store.keys.namespace!r}", err=True)
     if not follow:
         return
-    last_id = history[-1].id if history else "0-0"
+    cursor = store.follow_cursor(history)
     printed = 0
     try:
         while max_events is None or printed < max_events:
-            for event in store.events(count=100, after=last_id, block_ms=1000):
-                last_id = event.id
+            news = store.events(count=100, after=cursor, block_ms=1000)
+            cursor = store.follow_cursor(news, cursor)
+            for event in news:
                 if wanted and event.type not in wanted:
                     continue
                 print_event(event, state.json_output)
@@ -757,7 +769,8 @@ def stats(state: CliState, replica_timeout: float) -> None:
         return
     now_ms = data["now_ms"]
     earliest = data["earliest_deadline_ms"]
-    click.echo(f"namespace           {store.keys.namespace} at {store.url}")
+    shards = f" ({data['shards']} shards)" if data["shards"] > 1 else ""
+    click.echo(f"namespace           {store.keys.namespace} at {store.url}{shards}")
     click.echo(f"live timers         {data['live_timers']}")
     click.echo(f"due timers          {data['due_timers']}")
     click.echo(f"next deadline       {in_or_overdue(earliest - now_ms) if earliest is not None else '-'}")
@@ -798,3 +811,4 @@ def unwatched_nodes(store: TimerStore, data: dict[str, Any]) -> dict[str, int]:
 
 cli.add_command(run)
 cli.add_command(demo)
+cli.add_command(dashboard)

@@ -63,6 +63,18 @@ def is_running(node: str, pid: int, start_time: int, this_node: str) -> bool:
     return process is not None and not process.zombie and process.start_time == start_time
 
 
+def owner_state(info: TimerInfo, this_node: str) -> str:
+    """``running`` or ``gone`` for a worker of this node (pid and start time checked), else ``other-node``.
+
+    Raises:
+        InvalidArgumentError: the timer's worker id is malformed.
+    """
+    node, pid, start_time = parse_worker_id(info.worker)
+    if node != this_node:
+        return "other-node"
+    return "running" if is_running(node, pid, start_time, this_node) else "gone"
+
+
 def describe_worker(worker: str, this_node: str) -> str:
     """The owner of a worker id in words: ``pid 4242 (bash x.sh)``, ``pid 4242 (exited)``, ``pid 4242 on n``."""
     try:

@@ -110,8 +110,13 @@ def default_scope(command: tuple[str, ...]) -> str:
 
 def child_env(state: CliState, scope_id: str) -> dict[str, str]:
     """The command's environment: ours, plus where its timer lives (so nested timerctl calls find it)."""
+    store = state.store
     return dict(
-        os.environ, TIMERCTL_SCOPE=scope_id, TIMER_REDIS_URL=state.url, TIMER_REDIS_NAMESPACE=state.store.keys.namespace
+        os.environ,
+        TIMERCTL_SCOPE=scope_id,
+        TIMER_REDIS_URL=state.url,
+        TIMER_REDIS_NAMESPACE=store.keys.namespace,
+        TIMER_REDIS_SHARDS=str(len(store.shard_keys)),
     )
 
 

@@ -9,18 +9,28 @@ import socket
 import threading
 import time
 from collections import deque
+from unittest import mock
 
 import pytest
 import redis
 
 import timer_redis as timer
-from tests.helpers import read_orders
+from tests.helpers import read_orders, wait_for
+from tests.integration import workers
 from timer_redis import RedisTimerClient, TimerStore, WrongTypeError
 from timer_redis.keys import Keys
 from timer_redis.records import WorkerOptions
-from timer_redis.wire import ACQUIRE_REPLY_LINES, MAX_UNREAD_REPLIES, READ_AFTER, READ_EVERY, RELEASE_REPLY_LINES
+from timer_redis.wire import (
+    ACQUIRE_REPLY_LINES,
+    HOLD_MARGIN,
+    MAX_UNREAD_REPLIES,
+    READ_AFTER,
+    READ_EVERY,
+    RELEASE_REPLY_LINES,
+)
 
 WORKER = "node-a:123:456"
+fork = multiprocessing.get_context("fork")
 
 
 # -- the raw socket path (real redis-server) ------------------------------------------------------------------------
@@ -75,7 +85,7 @@ def test_an_error_surfaces_on_the_next_call_of_a_slow_loop(client: RedisTimerCli
     real_store.redis.delete(record)
     real_store.redis.hset(record, "somebody else's", "hash")
     client.acquire("s", time.time() + 10)  # returns before the reply
-    time.sleep(max(0.05, READ_AFTER * 5))
+    time.sleep(READ_AFTER * 1.5)
     with pytest.raises(WrongTypeError, match=r"holds a hash, not a string"):
         client.release("warm")  # reports the acquire's failure; the release itself still goes out
     with pytest.raises(WrongTypeError, match=r"holds a hash, not a string"):
@@ -198,8 +208,78 @@ def test_a_release_reaches_redis_even_when_an_earlier_reply_failed(real_store: T
     client.flush()
     real_store.redis.hset(real_store.keys.worker("node-x:1:1"), "not a", "record")
     real_store.acquire("node-x:1:1", "doomed", 30, wait=False)  # fails in Redis; its reply is not read yet
-    time.sleep(0.01)  # let the failed reply arrive, so the next call is the one that reads it
+    time.sleep(READ_AFTER * 1.5)  # let the failed reply arrive, and the next call be one that reads it
     with pytest.raises(WrongTypeError):
         client.release("kept")
     client.flush()
     assert real_store.get(client.worker_id(), "kept") is None, "the release was applied"
+
+
+# -- releases held for the next write ---------------------------------------------------------------------------
+
+
+def test_a_release_goes_out_with_the_next_acquire_in_one_write(
+    client: RedisTimerClient, real_store: TimerStore
+) -> None:
+    writer = real_store._unread
+    client.acquire("a", time.time() + 30)
+    client.release("a")
+    assert writer._held, "held: the release waits for the next write"
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    with mock.patch("os.write", counting_write):
+        client.acquire("b", time.time() + 30)
+    assert len(writes) == 1 and writer._held == b"", "the held release and the acquire in one write()"
+    client.flush()
+    assert [t.scope_id for t in real_store.list()] == ["b"]
+
+
+def test_a_held_release_is_written_without_a_next_call(client: RedisTimerClient, real_store: TimerStore) -> None:
+    client.acquire("a", time.time() + 30)
+    client.release("a")
+    wait_for(lambda: real_store.count() == 0, timeout=2, what="the flusher to write the held release")
+
+
+def test_a_release_near_its_deadline_is_not_held(client: RedisTimerClient, real_store: TimerStore) -> None:
+    client.acquire("short", time.time() + HOLD_MARGIN)  # due within twice the margin: written at once
+    client.release("short")
+    assert real_store._unread._held == b""
+
+
+def test_a_released_timer_never_fires_and_a_killed_process_is_owner_gone(real_store: TimerStore) -> None:
+    dog = timer.Watchdog(store=real_store, max_interval=0.05)
+    dog.start()
+    try:
+        released = fork.Process(target=workers.release_then_sleep, args=(real_store.url, 0.3, 1.0))
+        killed = fork.Process(target=workers.release_then_sleep, args=(real_store.url, 0.3, 30.0))
+        released.start()
+        killed.start()
+        wait_for(lambda: real_store.count() == 0, timeout=5, what="both releases to reach Redis")
+        killed.kill()  # right after its release: its timer is gone, so nothing comes due for it
+        released.join(10)
+        killed.join(10)
+        time.sleep(0.5)  # past both deadlines
+    finally:
+        dog.stop()
+    assert released.exitcode == 0, "a released timer never fires"
+    assert real_store.events() == []
+
+
+def test_a_forked_child_drops_its_parents_held_releases(client: RedisTimerClient, real_store: TimerStore) -> None:
+    client.acquire("parent", time.time() + 30)
+    client.release("parent")
+    child = fork.Process(target=_child_holds_nothing, args=(real_store,))
+    child.start()
+    child.join(10)
+    assert child.exitcode == 0
+    client.flush()
+    assert real_store.count() == 0
+
+
+def _child_holds_nothing(store: TimerStore) -> None:
+    os._exit(0 if store._unread._held == b"" else 1)

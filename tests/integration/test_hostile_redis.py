@@ -36,9 +36,9 @@ fork = multiprocessing.get_context("fork")
 SECRET = b"an example secret of the namespace"
 
 
-def forge_order(store: TimerStore, node: str, worker: str, sig: int = signal.SIGKILL, mac: str = "-") -> None:
+def forge_order(store: TimerStore, node: str, worker: str, sig: int = signal.SIGKILL, mac: str = "") -> None:
     """XADD an order to ``node``'s stream as a Redis writer would, in today's format."""
-    line = f"{worker} {sig} 1 1 - - - {mac} 1 forger scope"
+    line = f"{worker}\t1\tforger\tscope\t1\t1\t{sig}\t\t\t\t{mac}"
     store.redis.xadd(store.keys.deliver(node), {"o1": line})
 
 

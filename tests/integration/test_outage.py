@@ -181,7 +181,7 @@ def test_the_wake_subscription_is_made_again_after_an_outage(own_redis_server: R
             what="a heartbeat after the restart",
         )
         wait_for(
-            lambda: store.redis.pubsub_numsub(store.keys.wake_channel)[0][1] == 1,
+            lambda: store.redis.pubsub_shardnumsub(store.keys.wake_channel)[0][1] == 1,
             timeout=3,
             what="the watchdog to subscribe to the wake channel of the restarted server",
         )

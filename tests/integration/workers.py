@@ -102,6 +102,15 @@ def hang_signed(url: str, secret: bytes, after: float, namespace: str = "test") 
 
 
 def sleep_forever(ready: Any) -> None:
-    """A process that holds no timer: a forged order's target."""
+    """A process that holds no timer: a forged order's target. It lives until it is killed."""
     ready.set()
-    time.sleep(60)
+    while True:
+        time.sleep(3600)
+
+
+def release_then_sleep(url: str, after: float, sleep: float) -> None:
+    """Acquire and release at once (the release held for a moment), then sleep past the deadline."""
+    client = configure(url)
+    client.acquire("released", time.time() + after)
+    client.release("released")
+    time.sleep(sleep)

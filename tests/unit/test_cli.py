@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -506,6 +507,23 @@ def test_run_errors(store: TimerStore, tmp_path: Any) -> None:
     down = invoke(None, "-u", "redis://127.0.0.1:1/0", "run", "--ttl", "5", "--", "touch", str(marker))
     assert down.exit_code == EXIT_UNAVAILABLE and not marker.exists()
     assert store.count() == 0
+
+
+# -- dashboard -----------------------------------------------------------------------------------------------------
+
+
+def test_dashboard_refuses_an_unreachable_redis_before_serving() -> None:
+    result = invoke(None, "--url", "redis://127.0.0.1:1/0", "dashboard", "--port", "0")
+    assert result.exit_code == EXIT_UNAVAILABLE and "127.0.0.1:1" in result.output
+
+
+def test_dashboard_refuses_a_port_in_use(store: TimerStore) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = invoke(store, "dashboard", "--port", str(port))
+    assert result.exit_code == EXIT_INVALID and f"127.0.0.1:{port}" in result.output
 
 
 # -- demo ----------------------------------------------------------------------------------------------------------

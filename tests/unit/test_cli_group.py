@@ -23,6 +23,7 @@ DOWN = "redis://127.0.0.1:1/0"
 REACHES_REDIS = {
     "acquire": ["s", "--ttl", "5", "--pid", str(os.getpid())],
     "clear": ["--all", "--yes"],
+    "dashboard": ["--port", "0"],
     "demo": ["--workers", "1", "--hung", "0"],
     "events": [],
     "extend": ["s", "--ttl", "5", "--pid", str(os.getpid())],

@@ -52,6 +52,6 @@ def test_body_uses_named_locals_only(name: str) -> None:
 
 def test_a_call_with_another_number_of_keys_than_the_header_is_refused() -> None:
     client = fakeredis.FakeRedis()
-    with pytest.raises(ValueError, match=r"acquire\.lua takes 3 KEYS, got 1"):
+    with pytest.raises(ValueError, match=r"acquire\.lua takes 4 KEYS, got 1"):
         Scripts(client).run("acquire", client, ["only-one"], ["w", "s", 1, 9, "wake"])
     assert client.keys() == []

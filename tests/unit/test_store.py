@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import fakeredis
 import pytest
 
 from tests.helpers import read_orders, snapshot, wait_until_due
 from timer_redis import InvalidArgumentError, Owner, TimerStore, WrongTypeError
 from timer_redis.keys import Keys
+from timer_redis.records import TimerEntry, format_record
 
 ALICE = Owner("node-a", 101, 5001)
 BOB = Owner("node-b", 202, 5002)
@@ -61,6 +63,18 @@ def test_list_is_sorted_by_deadline_and_filters(store: TimerStore) -> None:
     assert [t.scope_id for t in store.list(within=61)] == ["soon", "middle"]
     assert [t.scope_id for t in store.list(limit=1)] == ["soon"]
     assert store.list(due_only=True) == []
+
+
+def test_list_filters_by_group(store: TimerStore, fake_redis: fakeredis.FakeRedis) -> None:
+    """Groups have no setter yet; their records are written as the scripts write them."""
+    now = store.server_time_ms()
+    for owner, group, offset in [(ALICE, "ring-0", 1000), (BOB, "ring-1", 2000), (Owner("node-c", 7, 7), None, 500)]:
+        entries = [TimerEntry(f"step-{offset}", now + offset, offset, 9, group=group)]
+        fake_redis.set(store.keys.worker(owner.worker_id), format_record(entries))
+        fake_redis.zadd(store.keys.deadlines, {owner.worker_id: now + offset})
+    assert [t.group for t in store.list()] == [None, "ring-0", "ring-1"]
+    assert [t.worker for t in store.list(group="ring-1", limit=5)] == [BOB.worker_id]
+    assert store.list(group="ring-0", worker=BOB.worker_id) == []
 
 
 def test_claim_over_an_empty_store_does_nothing(store: TimerStore) -> None:

@@ -5,12 +5,13 @@
 -- KEYS[1] deadlines  zset    member = worker id, score = that worker's earliest deadline (ms, server clock)
 -- KEYS[2] events     stream  audit trail, capped with MAXLEN ~
 -- KEYS[3] nodes      zset    node -> when an order was last queued for it (ms)
--- KEYS[4] count      string  how many timers the namespace holds
--- KEYS[5..4+w]       string  the record of each candidate worker (records.py), in the order of ARGV's workers
--- KEYS[5+w..4+w+n]   stream  the delivery stream of each node, in the order of ARGV's nodes
+-- KEYS[4] extra      string  how many timers the namespace holds beyond the first of each worker
+-- KEYS[5] replicas   hash    watchdog heartbeats (only checked for its type here)
+-- KEYS[6..5+w]       string  the record of each candidate worker (records.py), in the order of ARGV's workers
+-- KEYS[6+w..5+w+n]   stream  the delivery stream of each node, in the order of ARGV's nodes
 -- ARGV[1] claimer    id of the claiming replica (no whitespace), for the audit trail
 -- ARGV[2] maxlen     int > 0, approximate cap of the events stream
--- ARGV[3] wake       pub/sub channel the watchdogs sleep on
+-- ARGV[3] wake       shard channel the watchdogs sleep on
 -- ARGV[4] w          int >= 0, how many candidate workers
 -- ARGV[5] n          int >= 0, how many nodes
 -- ARGV[6..5+w]       each candidate's worker id
@@ -20,19 +21,20 @@
 -- Returns  {now_ms, next_deadline_ms or -1, "<deadline_ms> <worker> <scope_id>", ...}: one string per reaped
 --          worker, naming the timer that expired first
 -- Errors   "BAD_ARG <name> <value>" (nothing is changed then)
--- Orders   one XADD per node that got orders, field "o1": one line per reaped worker,
---          "<worker> <signal> <deadline_ms> <ttl_ms> <kill_after_ms|-> <dump_signal|-> <group|-> <mac|->
---          <claimed_ms> <claimer> <scope_id>" (the scope last: it may hold spaces)
+-- Orders   one XADD per node that got orders, field "o1": one line per reaped worker, its fields separated by tabs:
+--          "<worker> <claimed_ms> <claimer> <the record line of its first due timer>" (records.py: scope_id,
+--          deadline_ms, ttl_ms, signal, kill_after_ms, dump_signal, group, mac)
 -- Events   "expired" per reaped worker; "malformed" {key, detail} per thing taken out of the path: a record that
 --          holds another type or lines that do not parse, a deadline with no record, a member that names no
 --          worker, a score below every timer of its worker (moved to its earliest timer), a key of ours that
---          holds another type (deleted: it held nothing of ours). PUBLISH wake "deliver <node>" per node with
+--          holds another type (deleted: it held nothing of ours). SPUBLISH wake "deliver <node>" per node with
 --          new orders.
 --- @include "prelude"
 local deadlines_key = KEYS[1]
 local events_key = KEYS[2]
 local nodes_key = KEYS[3]
-local count_key = KEYS[4]
+local extra_key = KEYS[4]
+local replicas_key = KEYS[5]
 local claimer = ARGV[1]
 local maxlen = to_int(ARGV[2], 1)
 local wake_channel = ARGV[3]
@@ -43,7 +45,7 @@ if not maxlen then return bad_arg('maxlen', ARGV[2]) end
 if not worker_count then return bad_arg('w', ARGV[4]) end
 if not node_count then return bad_arg('n', ARGV[5]) end
 if not is_token(claimer) then return bad_arg('claimer', claimer) end
-if #KEYS ~= 4 + worker_count + node_count then return bad_arg('keys', #KEYS) end
+if #KEYS ~= 5 + worker_count + node_count then return bad_arg('keys', #KEYS) end
 if #ARGV < 5 + 2 * worker_count + node_count then return bad_arg('argv', #ARGV) end
 local first_worker, first_index, first_node = 6, 6 + worker_count, 6 + 2 * worker_count
 local first_stray = first_node + node_count
@@ -54,8 +56,9 @@ local function report(key, detail)
 end
 
 -- Keys of ours that hold another type cannot hold anything of ours: replaced, so claiming goes on.
-local structure = {{deadlines_key, 'zset'}, {events_key, 'stream'}, {nodes_key, 'zset'}, {count_key, 'string'}}
-for i = 1, node_count do structure[#structure + 1] = {KEYS[4 + worker_count + i], 'stream'} end
+local structure = {{deadlines_key, 'zset'}, {events_key, 'stream'}, {nodes_key, 'zset'}, {extra_key, 'string'},
+  {replicas_key, 'hash'}}
+for i = 1, node_count do structure[#structure + 1] = {KEYS[5 + worker_count + i], 'stream'} end
 for _, pair in ipairs(structure) do
   local found = redis.call('TYPE', pair[1])['ok']
   if found ~= 'none' and found ~= pair[2] then
@@ -71,15 +74,12 @@ local orders = {}          -- node index -> order lines
 local doomed_members = {}  -- removed from deadlines in one ZREM per chunk
 local doomed_keys = {}     -- records deleted in one DEL per chunk
 local rewrites = {}        -- {worker, record key, lines, earliest}: garbage lines dropped, score fixed
-local removed_timers = 0
-local function token(text)
-  return text == '' and '-' or text
-end
+local removed_extra = 0
 
 for i = 1, worker_count do
   local worker = ARGV[first_worker + i - 1]
   local node_index = to_int(ARGV[first_index + i - 1], 1)
-  local worker_key = KEYS[4 + i]
+  local worker_key = KEYS[5 + i]
   local score = redis.call('ZSCORE', deadlines_key, worker)
   if score and score_value(score) <= now and node_index and node_index <= node_count then
     local record = redis.pcall('GET', worker_key)
@@ -91,7 +91,7 @@ for i = 1, worker_count do
       doomed_members[#doomed_members + 1] = worker
       report(worker_key, 'missing: the deadline of ' .. worker .. ' had no record; deadline removed')
     else
-      local entries, bad = parse_record(record)
+      local entries, bad = scan_record(record, true)
       if #bad > 0 then
         report(worker_key, #bad .. ' line(s) that do not parse, dropped; first: ' .. string.sub(bad[1], 1, 120))
       end
@@ -104,21 +104,20 @@ for i = 1, worker_count do
         -- One order per worker: its first due timer reaps it and clears all of its timers (torch clear_timers).
         doomed_members[#doomed_members + 1] = worker
         doomed_keys[#doomed_keys + 1] = worker_key
-        removed_timers = removed_timers + #entries
+        removed_extra = removed_extra + #entries - 1
         orders[node_index] = orders[node_index] or {}
         local lines = orders[node_index]
-        lines[#lines + 1] = table.concat({worker, int_text(first.signal), int_text(first.deadline),
-          int_text(first.ttl), token(first.kill_after), token(first.dump_signal), token(first.group),
-          token(first.mac), now_text, claimer, first.scope}, ' ')
+        lines[#lines + 1] = worker .. '\t' .. now_text .. '\t' .. claimer .. '\t' .. first.line
         events[#events + 1] = {'type', 'expired', 'worker', worker, 'scope_id', first.scope,
-          'deadline_ms', int_text(first.deadline), 'claimed_ms', now_text, 'claimer', claimer}
-        result[#result + 1] = int_text(first.deadline) .. ' ' .. worker .. ' ' .. first.scope
+          'deadline_ms', first.deadline_text, 'claimed_ms', now_text, 'claimer', claimer}
+        result[#result + 1] = first.deadline_text .. ' ' .. worker .. ' ' .. first.scope
       elseif not earliest then
         doomed_members[#doomed_members + 1] = worker
         doomed_keys[#doomed_keys + 1] = worker_key
       else
         if #bad == 0 then
-          report(deadlines_key, 'the score of ' .. worker .. ' was below its earliest timer; moved to it')
+          report(deadlines_key, 'the score of ' .. worker .. ' (' .. score .. ') was below its earliest timer ('
+            .. int_text(earliest) .. '); moved to it')
         end
         local lines = {}
         for _, entry in ipairs(entries) do lines[#lines + 1] = entry.line end
@@ -141,13 +140,13 @@ call_in_chunks('DEL', nil, doomed_keys)
 for _, rewrite in ipairs(rewrites) do
   store_record(deadlines_key, rewrite[2], rewrite[1], rewrite[3], rewrite[4], now)
 end
-if removed_timers > 0 then adjust_count(count_key, -removed_timers) end
+adjust_extra(extra_key, -removed_extra)
 for index, lines in pairs(orders) do
   local node = ARGV[first_node + index - 1]
   -- The order is one field, a line per worker, so a watchdog reads a batch of them with one entry.
-  redis.call('XADD', KEYS[4 + worker_count + index], '*', 'o1', table.concat(lines, '\n'))
+  redis.call('XADD', KEYS[5 + worker_count + index], '*', 'o1', table.concat(lines, '\n'))
   redis.call('ZADD', nodes_key, now, node)
-  redis.call('PUBLISH', wake_channel, 'deliver ' .. node)
+  redis.call('SPUBLISH', wake_channel, 'deliver ' .. node)
 end
 for _, event in ipairs(events) do
   redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', unpack(event))

@@ -1,7 +1,7 @@
 -- release_worker.lua: remove every timer of one worker, in O(its timers).
 -- KEYS[1] deadlines  zset    member = worker id, score = that worker's earliest deadline
 -- KEYS[2] worker     string  the worker's record (records.py)
--- KEYS[3] count      string  how many timers the namespace holds
+-- KEYS[3] extra      string  how many timers the namespace holds beyond the first of each worker
 -- KEYS[4] events     stream  audit trail, capped with MAXLEN ~
 -- ARGV[1] worker     worker id "node:pid:start"
 -- ARGV[2] reason     why (e.g. "operator"); empty = no event
@@ -13,7 +13,7 @@
 --- @include "prelude"
 local deadlines_key = KEYS[1]
 local worker_key = KEYS[2]
-local count_key = KEYS[3]
+local extra_key = KEYS[3]
 local events_key = KEYS[4]
 local worker = ARGV[1]
 local reason = ARGV[2]
@@ -24,10 +24,10 @@ local failed = check_types({{deadlines_key, 'zset'}, {events_key, 'stream'}})
 if failed then return failed end
 
 local entries = {}
-if redis.call('TYPE', worker_key)['ok'] == 'string' then entries = parse_record(redis.call('GET', worker_key)) end
+if redis.call('TYPE', worker_key)['ok'] == 'string' then entries = scan_record(redis.call('GET', worker_key), false) end
 redis.call('DEL', worker_key)
 redis.call('ZREM', deadlines_key, worker)
-if #entries > 0 then adjust_count(count_key, -#entries) end
+if #entries > 1 then adjust_extra(extra_key, 1 - #entries) end
 if reason ~= '' and #entries > 0 then
   redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*',
     'type', 'released', 'worker', worker, 'count', #entries, 'reason', reason)

@@ -16,10 +16,11 @@ from typing import Any
 import redis
 
 from ..errors import WrongTypeError
-from ..keys import DELIVERY_GROUP, is_worker_id, node_of
+from ..keys import DELIVERY_GROUP, Keys, is_worker_id, node_of
 from ..records import parse_record
 from ..redis_compat import as_text
 from .base import StoreBase
+from .listing import extra_count
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +72,15 @@ class StoreHealth(StoreBase):
         try:
             return self._heartbeat(replica, node, started_ms)
         except WrongTypeError:
-            self._replace_wrong_types({self.keys.replicas: "hash", self.keys.nodes: "zset"})
+            self._replace_wrong_types()
             return self._heartbeat(replica, node, started_ms)
 
     def _heartbeat(self, replica: str, node: str, started_ms: int | None) -> int:
         with self.translated_errors(self.keys.replicas):
-            # Two round trips: read the clock and the other heartbeats together, then write ours and drop the dead.
-            reads = self.redis.pipeline(transaction=False)
-            reads.time()
-            reads.hgetall(self.keys.replicas)
-            (seconds, micros), others = reads.execute()
-            now_ms = int(seconds) * 1000 + int(micros) // 1000
+            # Read the clock and the other heartbeats, then write ours and drop the dead. (TIME is not pipelined:
+            # a cluster pipeline refuses keyless commands.)
+            now_ms = self.server_time_ms()
+            others = self.redis.hgetall(self.keys.replicas)
             started_ms = started_ms or now_ms
             record = {"node": node, "pid": os.getpid(), "last_seen_ms": now_ms, "started_ms": started_ms}
             forget_before_ms = now_ms - int(FORGET_REPLICA_SECONDS * 1000)
@@ -101,23 +100,11 @@ class StoreHealth(StoreBase):
             writes.execute()
         return started_ms
 
-    def _replace_wrong_types(self, expected: dict[str, str]) -> None:
-        """Delete those of ``expected`` (key -> type) that hold another type, each with a ``malformed`` event."""
+    def _replace_wrong_types(self) -> None:
+        """Replace our keys that hold another type, each with one ``malformed`` event: claim_expired.lua does it
+        atomically, so two replicas that both find such a key report it once."""
         with self.translated_errors():
-            for key, kind in expected.items():
-                found = as_text(self.redis.type(key))
-                if found not in ("none", kind):
-                    log.warning("%s held a %s instead of a %s: deleted", key, found, kind)
-                    self.redis.delete(key)
-                    self._report_malformed(key, f"held a {found} instead of a {kind}: deleted")
-
-    def _report_malformed(self, key: str, detail: str) -> None:
-        """One ``malformed`` event (an events stream of another type is replaced first, as the claim does)."""
-        with self.translated_errors(self.keys.events):
-            if as_text(self.redis.type(self.keys.events)) not in ("none", "stream"):
-                self.redis.delete(self.keys.events)
-            fields = {"type": "malformed", "key": key, "detail": detail}
-            self.redis.xadd(self.keys.events, fields, maxlen=self.settings.events_maxlen, approximate=True)
+            self.scripts.claim_expired(self._raw, self.keys, "heartbeat", self.settings.events_maxlen, [])
 
     def forget_gone_nodes(self, retention_seconds: float) -> list[str]:
         """Remove the delivery streams and ``nodes`` entries of a few nodes silent for ``retention_seconds``: no
@@ -129,22 +116,23 @@ class StoreHealth(StoreBase):
         """
         now_ms = self.server_time_ms()
         before_ms = max(0, now_ms - int(retention_seconds * 1000))
-        with self.translated_errors(self.keys.nodes):
-            try:
-                silent = self.redis.zrange(self.keys.nodes, "-inf", f"({before_ms}", byscore=True, offset=0,
-                                           num=FORGET_NODES_PER_BEAT)  # fmt: skip
-            except redis.ResponseError:  # another type: claim_expired.lua replaces it
-                return []
         live_nodes = {record["node"] for record in self.replicas().values() if record["last_seen_ms"] >= before_ms}
         forgotten = []
-        for raw in silent:
-            node = as_text(raw)
-            if node in live_nodes:
-                continue
-            if self.forget_node(node, before_ms):  # type: ignore[attr-defined]  # WatchdogProtocol's
-                log.info("forgot node %s: silent for %.0f s and nothing waiting for it", node, retention_seconds)
-                forgotten.append(node)
-        return forgotten
+        for keys in self.shard_keys:  # each shard has its own delivery streams, and its own nodes zset of them
+            with self.translated_errors(keys.nodes):
+                try:
+                    silent = self.redis.zrange(keys.nodes, "-inf", f"({before_ms}", byscore=True, offset=0,
+                                               num=FORGET_NODES_PER_BEAT)  # fmt: skip
+                except redis.ResponseError:  # another type: claim_expired.lua replaces it
+                    continue
+            for raw in silent:
+                node = as_text(raw)
+                if node in live_nodes:
+                    continue
+                if self.forget_node(node, before_ms, shard=keys.shard):  # type: ignore[attr-defined]  # protocol's
+                    log.info("forgot node %s: silent for %.0f s and nothing waiting for it", node, retention_seconds)
+                    forgotten.append(node)
+        return sorted(set(forgotten))
 
     def forget_replica(self, replica: str) -> None:
         """Remove a stopped replica's heartbeat."""
@@ -179,40 +167,40 @@ class StoreHealth(StoreBase):
         timers but no live replica is listed in ``stuck_nodes``: nothing will signal its workers.
 
         Returns:
-            A JSON-ready dict: ``now_ms``, ``live_timers``, ``workers``, ``due_workers``, ``due_timers`` (timers
+            A JSON-ready dict: ``now_ms``, ``shards``, ``live_timers``, ``workers``, ``due_workers``, ``due_timers`` (timers
             of the first 1000 due workers), ``earliest_deadline_ms``, ``pending_deliveries`` (node -> orders not
             finished, read or not), ``replicas`` (replica id -> last heartbeat with ``age_ms`` and ``live``; dead
             ones are listed until ``FORGET_REPLICA_SECONDS``), ``nodes`` (node -> ``live_replicas``,
             ``due_timers``, ``pending_deliveries``), ``stuck_nodes``, ``signed`` (whether this store signs) and
             ``eviction_policy`` with ``may_evict`` (Redis may delete timers when full).
         """
-        with self.translated_errors(self.keys.deadlines):
-            now_ms = self.server_time_ms()
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.get(self.keys.count)
-            pipe.zcard(self.keys.deadlines)
-            pipe.zcount(self.keys.deadlines, "-inf", now_ms)
-            pipe.zrange(self.keys.deadlines, 0, 0, withscores=True)
-            pipe.zrange(self.keys.nodes, 0, -1)
-            pipe.zrange(self.keys.deadlines, "-inf", now_ms, byscore=True, offset=0, num=DUE_SAMPLE)
-            count, workers, due_workers, earliest, nodes, due_members = pipe.execute(raise_on_error=False)
-        failed = next((reply for reply in (workers, due_workers, earliest) if isinstance(reply, Exception)), None)
-        if failed is not None:
-            with self.translated_errors(self.keys.deadlines):
-                raise failed
-        nodes = [] if isinstance(nodes, Exception) else nodes
-        due_members = [] if isinstance(due_members, Exception) else [as_text(m) for m in due_members]
-        due_workers_sampled = [m for m in due_members if is_worker_id(m)]
+        self.check_layout()
+        now_ms = self.server_time_ms()
+        count = workers = due_workers = 0
+        earliest: list[int] = []
+        node_names: set[str] = set()
         due_by_node: Counter[str] = Counter()
-        if due_workers_sampled:
-            with self.translated_errors():
+        for keys in self.shard_keys:
+            with self.translated_errors(keys.deadlines):
                 pipe = self.redis.pipeline(transaction=False)
-                for worker in due_workers_sampled:
-                    pipe.get(self.keys.worker(worker))
-                records = pipe.execute(raise_on_error=False)
-            for worker, record in zip(due_workers_sampled, records, strict=True):
-                entries, _ = parse_record(record if isinstance(record, (bytes, str)) else None)
-                due_by_node[node_of(worker)] += sum(1 for entry in entries if entry.deadline_ms <= now_ms)
+                pipe.get(keys.extra)
+                pipe.zcard(keys.deadlines)
+                pipe.zcount(keys.deadlines, "-inf", now_ms)
+                pipe.zrange(keys.deadlines, 0, 0, withscores=True)
+                pipe.zrange(keys.nodes, 0, -1)
+                pipe.zrange(keys.deadlines, "-inf", now_ms, byscore=True, offset=0, num=DUE_SAMPLE)
+                extra, shard_workers, shard_due, first, nodes, due_members = pipe.execute(raise_on_error=False)
+            failed = next((reply for reply in (shard_workers, shard_due, first) if isinstance(reply, Exception)), None)
+            if failed is not None:
+                with self.translated_errors(keys.deadlines):
+                    raise failed
+            count += extra_count(extra)
+            workers += int(shard_workers)
+            due_workers += int(shard_due)
+            earliest += [int(first[0][1])] if first else []
+            node_names |= set() if isinstance(nodes, Exception) else {as_text(n) for n in nodes}
+            due_members = [] if isinstance(due_members, Exception) else [as_text(m) for m in due_members]
+            due_by_node.update(self._due_timers_by_node(keys, [m for m in due_members if is_worker_id(m)], now_ms))
         replicas = {
             name: {**record, "age_ms": now_ms - record["last_seen_ms"]}
             for name, record in self.replicas().items()
@@ -222,22 +210,20 @@ class StoreHealth(StoreBase):
             record["live"] = record["age_ms"] <= replica_timeout * 1000
         # Nodes that never had an order (their timers were never claimed) count too: with no replica alive
         # anywhere, due timers are all there is to see.
-        node_names = sorted({as_text(n) for n in nodes} | {r["node"] for r in replicas.values()} | set(due_by_node))
-        pending = {node: self._pending(node) for node in node_names}
+        names = sorted(node_names | {r["node"] for r in replicas.values()} | set(due_by_node))
+        pending = {node: self._pending(node) for node in names}
         live_replicas = Counter(r["node"] for r in replicas.values() if r["live"])
-        stuck = sorted(n for n in node_names if (pending[n] or due_by_node[n]) and not live_replicas[n])
-        try:
-            live_timers = max(0, int(count or 0))
-        except (TypeError, ValueError):
-            live_timers = 0
+        stuck = sorted(n for n in names if (pending[n] or due_by_node[n]) and not live_replicas[n])
+        live_timers = workers + count
         policy = self.eviction_policy()
         return {
             "now_ms": now_ms,
+            "shards": len(self.shard_keys),
             "live_timers": live_timers,
-            "workers": int(workers),
-            "due_workers": int(due_workers),
+            "workers": workers,
+            "due_workers": due_workers,
             "due_timers": sum(due_by_node.values()),
-            "earliest_deadline_ms": int(earliest[0][1]) if earliest else None,
+            "earliest_deadline_ms": min(earliest) if earliest else None,
             "pending_deliveries": pending,
             "replicas": replicas,
             "nodes": {
@@ -246,7 +232,7 @@ class StoreHealth(StoreBase):
                     "due_timers": due_by_node[node],
                     "pending_deliveries": pending[node],
                 }
-                for node in node_names
+                for node in names
             },
             "stuck_nodes": stuck,
             "signed": self.signer is not None,
@@ -254,11 +240,30 @@ class StoreHealth(StoreBase):
             "may_evict": policy in EVICTING_POLICIES,
         }
 
+    def _due_timers_by_node(self, keys: Keys, due_workers: list[str], now_ms: int) -> Counter[str]:
+        """How many due timers ``due_workers`` of one shard hold, per node (one round trip)."""
+        due_by_node: Counter[str] = Counter()
+        if not due_workers:
+            return due_by_node
+        with self.translated_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for worker in due_workers:
+                pipe.get(keys.worker(worker))
+            records = pipe.execute(raise_on_error=False)
+        for worker, record in zip(due_workers, records, strict=True):
+            entries, _ = parse_record(record if isinstance(record, (bytes, str)) else None)
+            due_by_node[node_of(worker)] += sum(1 for entry in entries if entry.deadline_ms <= now_ms)
+        return due_by_node
+
     def _pending(self, node: str) -> int:
-        """Orders of ``node`` not finished yet: read and unacknowledged, or not read at all. Entries are batches of
-        orders; their lines are counted among the first ``PENDING_ENTRIES_READ`` of each kind, and any entry past
-        those counts as one order (a lower bound, reached only during a mass expiry)."""
-        key = self.keys.deliver(node)
+        """Orders of ``node`` not finished yet, in every shard."""
+        return sum(self._pending_in(keys, node) for keys in self.shard_keys)
+
+    def _pending_in(self, keys: Keys, node: str) -> int:
+        """Orders of ``node`` in one shard not finished yet: read and unacknowledged, or not read at all. Entries
+        are batches of orders; their lines are counted among the first ``PENDING_ENTRIES_READ`` of each kind, and
+        any entry past those counts as one order (a lower bound, reached only during a mass expiry)."""
+        key = keys.deliver(node)
         with self.translated_errors(key):
             try:
                 pending = self.redis.xpending_range(key, DELIVERY_GROUP, "-", "+", PENDING_ENTRIES_READ)
@@ -285,13 +290,13 @@ class StoreHealth(StoreBase):
             except redis.ResponseError:
                 return 0
             total_pending = int(self.redis.xpending(key, DELIVERY_GROUP)["pending"]) if groups else 0
-            unread_entries = self._undelivered(node) if groups else len(unread)
+            unread_entries = self._undelivered(key) if groups else len(unread)
         orders = sum(_order_count(fields) for _, fields in [*read, *unread])
         return orders + max(0, total_pending - len(read)) + max(0, unread_entries - len(unread))
 
-    def _undelivered(self, node: str) -> int:
-        """Entries in the node's stream that no replica has read yet."""
-        groups = self.redis.xinfo_groups(self.keys.deliver(node))
+    def _undelivered(self, key: str) -> int:
+        """Entries in a node's delivery stream (``key``) that no replica has read yet."""
+        groups = self.redis.xinfo_groups(key)
         for group in groups:
             if as_text(group.get("name", b"")) == DELIVERY_GROUP:
                 lag = group.get("lag")
@@ -300,7 +305,7 @@ class StoreHealth(StoreBase):
                 # Redis cannot tell the lag when an entry after the last one read was deleted (XDEL): count the
                 # entries after it instead, up to a limit.
                 after = "(" + as_text(group.get("last-delivered-id", b"0-0"))
-                return len(self.redis.xrange(self.keys.deliver(node), after, "+", count=UNDELIVERED_COUNT_LIMIT))
+                return len(self.redis.xrange(key, after, "+", count=UNDELIVERED_COUNT_LIMIT))
         return 0
 
 

@@ -1,5 +1,5 @@
 """Many timers: how many are live, and which, earliest deadline first (of one node, worker or scope, or due within
-some time), reading only as many workers as the answer needs."""
+some time), reading only as many workers as the answer needs, from every shard."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..keys import is_worker_id, node_of, parse_worker_id
+from ..keys import Keys, is_worker_id, node_of, parse_worker_id
 from ..records import TimerEntry, parse_record
 from ..redis_compat import as_text
 from .base import StoreBase
@@ -90,18 +90,26 @@ class TimerListing(StoreBase):
     """Counting and listing the live timers of ``TimerStore``."""
 
     def count(self) -> int:
-        """How many timers are live (due or not), from the namespace's counter: O(1)."""
-        with self.translated_errors(self.keys.count):
-            value = self.redis.get(self.keys.count)
-        try:
-            return max(0, int(value or 0))
-        except ValueError:  # garbage a Redis writer put there; the next acquire or claim repairs it
-            return 0
+        """How many timers are live (due or not): the workers that hold timers plus the timers beyond the first of
+        each (a counter the scripts keep), O(1)."""
+        self.check_layout()
+        with self.translated_errors(self.keys.deadlines):
+            pipe = self.redis.pipeline(transaction=False)
+            for keys in self.shard_keys:
+                pipe.zcard(keys.deadlines)
+                pipe.get(keys.extra)
+            replies = pipe.execute()
+        pairs = zip(replies[::2], replies[1::2], strict=True)
+        return sum(int(workers) + extra_count(extra) for workers, extra in pairs)
 
     def workers(self) -> int:
-        """How many workers hold timers: O(1)."""
+        """How many workers hold timers: O(shards)."""
+        self.check_layout()
         with self.translated_errors(self.keys.deadlines):
-            return int(self.redis.zcard(self.keys.deadlines))
+            pipe = self.redis.pipeline(transaction=False)
+            for keys in self.shard_keys:
+                pipe.zcard(keys.deadlines)
+            return sum(int(workers) for workers in pipe.execute())
 
     def list(
         self,
@@ -113,6 +121,7 @@ class TimerListing(StoreBase):
         within: float | None = None,
         scope: str | None = None,
         pid: int | None = None,
+        group: str | None = None,
         scan_limit: int = SCAN_LIMIT,
     ) -> TimerInfos:
         """Live timers, earliest deadline first, reading only as many workers as the answer needs.
@@ -125,8 +134,11 @@ class TimerListing(StoreBase):
             within: only timers due within this many seconds from now.
             scope: only timers whose scope matches this glob (``fnmatch``: ``step-*``).
             pid: only timers of workers with this pid (on any node).
-            scan_limit: with ``node``, ``scope`` or ``pid`` and a ``limit``, look at no more than this many workers.
+            group: only timers of workers in this group.
+            scan_limit: with ``node``, ``scope``, ``pid`` or ``group`` and a ``limit``, look at no more than this
+                many workers.
         """
+        self.check_layout()
         max_ms = math.inf
         if due_only or within is not None:
             max_ms = self.server_time_ms() + (0 if due_only else math.ceil((within or 0) * 1000))
@@ -134,17 +146,36 @@ class TimerListing(StoreBase):
             parse_worker_id(worker)
             if (node is not None and node_of(worker) != node) or (pid is not None and _pid_of(worker) != pid):
                 return []
-            own = [t for t in self._timers_of([worker])[worker] if t.deadline_ms <= max_ms and _matches(t, scope)]
+            own = [
+                t for t in self._timers_of([worker])[worker] if t.deadline_ms <= max_ms and _matches(t, scope, group)
+            ]
             return sorted(own, key=_deadline)[:limit]
-        filtered = node is not None or scope is not None or pid is not None
+        timers: TimerInfos = []
+        for keys in self.shard_keys:  # each shard's earliest `limit`, then the earliest of them all
+            timers += self._list_shard(keys, limit, max_ms, node, pid, scope, group, scan_limit)
+        return sorted(timers, key=_deadline)[:limit]
+
+    def _list_shard(
+        self,
+        keys: Keys,
+        limit: int | None,
+        max_ms: float,
+        node: str | None,
+        pid: int | None,
+        scope: str | None,
+        group: str | None,
+        scan_limit: int,
+    ) -> TimerInfos:
+        """``list()`` on one shard."""
+        filtered = node is not None or scope is not None or pid is not None or group is not None
         timers: TimerInfos = []
         offset = 0
         chunk = LIST_CHUNK if limit is None or filtered else min(limit, LIST_CHUNK)
         max_score = "+inf" if max_ms == math.inf else int(max_ms)
         while True:
-            with self.translated_errors(self.keys.deadlines):
+            with self.translated_errors(keys.deadlines):
                 rows = self.redis.zrange(
-                    self.keys.deadlines, "-inf", max_score, byscore=True, offset=offset, num=chunk, withscores=True
+                    keys.deadlines, "-inf", max_score, byscore=True, offset=offset, num=chunk, withscores=True
                 )
             if not rows:
                 break
@@ -157,7 +188,7 @@ class TimerListing(StoreBase):
                 if is_worker_id(m) and (node is None or node_of(m) == node) and (pid is None or _pid_of(m) == pid)
             ]
             for timers_of in self._timers_of(wanted).values():
-                timers += [t for t in timers_of if t.deadline_ms <= max_ms and _matches(t, scope)]
+                timers += [t for t in timers_of if t.deadline_ms <= max_ms and _matches(t, scope, group)]
             if limit is not None:
                 timers = sorted(timers, key=_deadline)[:limit]
                 # Every timer of a later worker is due no earlier than that worker's score, which is at least the
@@ -168,7 +199,7 @@ class TimerListing(StoreBase):
                     break
             if len(rows) < chunk:
                 break
-        return sorted(timers, key=_deadline)[:limit]
+        return timers
 
     def _timers_of(self, workers: Sequence[str]) -> dict[str, TimerInfos]:
         """The timers in the records of ``workers`` (ids already checked), one round trip. Lines that do not parse
@@ -178,13 +209,21 @@ class TimerListing(StoreBase):
         with self.translated_errors():
             pipe = self.redis.pipeline(transaction=False)
             for worker in workers:
-                pipe.get(self.keys.worker(worker))
+                pipe.get(self.keys_of(worker).worker(worker))
             records = pipe.execute(raise_on_error=False)
         timers: dict[str, TimerInfos] = {}
         for worker, record in zip(workers, records, strict=True):
             entries, _ = parse_record(record if isinstance(record, (bytes, str)) else None)
             timers[worker] = [TimerInfo.of(worker, entry) for entry in entries]
         return timers
+
+
+def extra_count(value: Any) -> int:
+    """The extra-timers counter as Redis holds it; garbage a writer put there counts as 0 (the scripts repair it)."""
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _pid_of(worker: str) -> int:
@@ -195,5 +234,5 @@ def _deadline(timer: TimerInfo) -> int:
     return timer.deadline_ms
 
 
-def _matches(timer: TimerInfo, scope: str | None) -> bool:
-    return scope is None or fnmatch.fnmatchcase(timer.scope_id, scope)
+def _matches(timer: TimerInfo, scope: str | None, group: str | None) -> bool:
+    return (scope is None or fnmatch.fnmatchcase(timer.scope_id, scope)) and (group is None or timer.group == group)

@@ -1,6 +1,6 @@
 """The watchdog's side of the store: claim due workers (claim_expired.lua), read this node's delivery orders as a
 consumer group, take over orders a dead replica left, acknowledge them with their outcomes, forget nodes that are
-gone, and the wake channel.
+gone, and the wake channels. Every replica does each of these on every shard of the namespace.
 
 Everything read here was written to Redis, where anyone with write access could have written anything: an entry
 or a line that is not an order is returned as ``MalformedOrder`` (reported once, then acknowledged), never raised.
@@ -9,6 +9,7 @@ or a line that is not an order is returned as ``MalformedOrder`` (reported once,
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,9 +18,10 @@ from typing import Any
 import redis
 
 from ..delivery import DeliveryOrder
-from ..keys import DELIVERY_GROUP, is_worker_id, node_of, parse_worker_id
+from ..keys import DELIVERY_GROUP, Keys, is_worker_id, node_of
 from ..redis_compat import as_text
 from ..validation import whole_number
+from ..wake import WakeListener
 from .base import StoreBase
 
 # The name of the stream field that holds a batch of orders (claim_expired.lua), one line each.
@@ -46,6 +48,8 @@ class ClaimResult:
     now_ms: int
     next_deadline_ms: int | None
     claimed: list[Claim] = field(default_factory=list)
+    full: bool = False
+    """Some shard had as many due workers as the limit: more may be waiting."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class DeliveryEntry:
     entry_id: str
     orders: list[DeliveryOrder] = field(default_factory=list)
     malformed: list[MalformedOrder] = field(default_factory=list)
+    shard: int = 0
 
 
 # Aliases: TimerStore's method `list` shadows the builtin in annotations of the class it is mixed into.
@@ -75,14 +80,15 @@ def _is_missing_group(error: redis.ResponseError) -> bool:
     return "NOGROUP" in str(error) or "requires the key to exist" in str(error)
 
 
-def _digits(text: str, minimum: int = 0) -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 15 or int(text) < minimum:
-        raise ValueError(text)
-    return int(text)
-
-
-def _optional(text: str) -> int | None:
-    return None if text == "-" else _digits(text, 1)
+# One order line (claim_expired.lua's format: the worker, when and by whom it was claimed, then the record line of
+# its first due timer, records.py), checked in one match: a batch holds up to 1,000.
+_ORDER = re.compile(
+    r"(?P<worker>(?P<node>[A-Za-z0-9_.@+=-]{1,128}):(?P<pid>[0-9]{1,10}):(?P<start>[0-9]{1,20}))"
+    r"\t(?P<claimed>[0-9]{1,15})\t(?P<claimer>[^\s]+)"
+    r"\t(?P<scope>[^\t\n]+)\t(?P<deadline>[0-9]{1,15})\t(?P<ttl>[0-9]{1,15})\t(?P<signal>[0-9]{1,3})"
+    r"\t(?P<kill_after>[0-9]{0,15})\t(?P<dump>[0-9]{0,3})\t(?P<group>[^\s]*)\t(?P<mac>[^\s]*)",
+    re.ASCII,
+)
 
 
 def parse_order(entry_id: str, line: str) -> DeliveryOrder:
@@ -91,35 +97,42 @@ def parse_order(entry_id: str, line: str) -> DeliveryOrder:
     Raises:
         ValueError: the line is not an order.
     """
-    parts = line.split(" ", 10)
-    if len(parts) != 11 or not parts[10]:
-        raise ValueError("not 11 fields")
-    worker, signal, deadline, ttl, kill_after, dump_signal, group, mac, claimed, claimer, scope_id = parts
-    node, pid, start_time = parse_worker_id(worker)
+    match = _ORDER.fullmatch(line)
+    if match is None:
+        raise ValueError("not an order")
+    worker, node, pid, start, claimed, claimer, scope, deadline, ttl, signal, kill_after, dump, group, mac = (
+        match.groups()
+    )
+    if signal == "0" or kill_after == "0" or dump == "0":
+        raise ValueError("a zero signal or escalation")
     return DeliveryOrder(
-        entry_id=entry_id,
-        worker=worker,
-        node=node,
-        pid=pid,
-        start_time=start_time,
-        signal=_digits(signal, 1),
-        scope_id=scope_id,
-        deadline_ms=_digits(deadline),
-        claimed_ms=_digits(claimed),
-        claimer=claimer,
-        ttl_ms=_digits(ttl),
-        kill_after_ms=_optional(kill_after),
-        dump_signal=_optional(dump_signal),
-        group=None if group == "-" else group,
-        mac="" if mac == "-" else mac,
-        line=line,
+        entry_id,
+        worker,
+        node,
+        int(pid),
+        int(start),
+        int(signal),
+        scope,
+        int(deadline),
+        int(claimed),
+        claimer,
+        int(ttl),
+        int(kill_after) if kill_after else None,
+        int(dump) if dump else None,
+        group or None,
+        mac,
+        line,
     )
 
 
-def parse_entry(entry_id: Any, fields: Any) -> DeliveryEntry:
-    """A stream entry (its id and the flat field/value list of a raw reply) as orders and malformed lines."""
-    entry = DeliveryEntry(as_text(entry_id))
-    pairs = list(zip(fields[::2], fields[1::2], strict=False)) if isinstance(fields, list) else []
+def parse_entry(entry_id: Any, fields: Any, shard: int = 0) -> DeliveryEntry:
+    """A stream entry (its id and the flat field/value list of a raw reply, or the dict redis-py's callbacks make of
+    it on a cluster) as orders and malformed lines."""
+    entry = DeliveryEntry(as_text(entry_id), shard=shard)
+    if isinstance(fields, dict):
+        pairs = list(fields.items())
+    else:
+        pairs = list(zip(fields[::2], fields[1::2], strict=False)) if isinstance(fields, list) else []
     batch = next((value for name, value in pairs if name == ORDERS_FIELD), None)
     if not isinstance(batch, bytes):
         entry.malformed.append(MalformedOrder(entry.entry_id, "an entry without an 'o1' field of orders"))
@@ -137,12 +150,13 @@ def parse_entry(entry_id: Any, fields: Any) -> DeliveryEntry:
     return entry
 
 
-def _entries(items: Any) -> DeliveryEntries:
-    """Entries of a raw stream reply: [[id, [field, value, ...]], ...]; a deleted entry (nil fields) is skipped."""
+def _entries(items: Any, shard: int = 0) -> DeliveryEntries:
+    """Entries of a stream reply: [[id, [field, value, ...]], ...] (raw) or [(id, {field: value}), ...] (parsed); a
+    deleted entry (nil fields) is skipped."""
     entries = []
-    for item in items or []:
-        if isinstance(item, list) and len(item) == 2 and item[1] is not None:
-            entries.append(parse_entry(item[0], item[1]))
+    for item in items if isinstance(items, (list, tuple)) else []:
+        if isinstance(item, (list, tuple)) and len(item) == 2 and item[1] is not None:
+            entries.append(parse_entry(item[0], item[1], shard))
     return entries
 
 
@@ -150,25 +164,41 @@ class WatchdogProtocol(StoreBase):
     """Claiming and delivering, for ``Watchdog``: the parts of ``TimerStore`` only replicas call."""
 
     def claim_expired(self, limit: int, claimer: str = "", *, spread: int = 1) -> ClaimResult:
-        """Atomically reap up to ``limit`` due workers: clear their timers and queue one delivery order per worker
-        on its node's stream. Each timer is claimed by exactly one caller, whatever the number of replicas.
+        """Atomically reap up to ``limit`` due workers of each shard: clear their timers and queue one delivery
+        order per worker on its node's stream. Each timer is claimed by exactly one caller, whatever the number of
+        replicas.
 
-        In two steps: read the workers due by this process' estimate of the server clock, then run
+        In two steps per shard: read the workers due by this process' estimate of the server clock, then run
         claim_expired.lua on them with every key it touches named (it claims those still due).
 
         Args:
-            limit: most workers per call.
+            limit: most workers per call and shard.
             claimer: this replica's id, for the audit trail.
             spread: how many replicas claim at once; each starts reading at a random one of ``spread`` batches,
                 so during a mass expiry they take different workers instead of racing for the same ones.
         """
         whole_number("limit", limit)
         whole_number("spread", spread)
+        self.check_layout()
+        claimer_token = "".join(ch if ch.isprintable() and not ch.isspace() else "_" for ch in claimer) or "-"
+        results = [self._claim_shard(keys, limit, claimer_token, spread) for keys in self.shard_keys]
+        if len(results) == 1:
+            return results[0]
+        deadlines = [r.next_deadline_ms for r in results if r.next_deadline_ms is not None]
+        return ClaimResult(
+            max(r.now_ms for r in results),
+            min(deadlines) if deadlines else None,
+            [claim for r in results for claim in r.claimed],
+            any(r.full for r in results),
+        )
+
+    def _claim_shard(self, keys: Keys, limit: int, claimer: str, spread: int) -> ClaimResult:
+        """``claim_expired`` on one shard."""
         due_by = self.server_clock.now_ms() + CLAIM_MARGIN_MS
         offset = random.randrange(spread) * limit
-        members = self._due_members(due_by, offset, limit)
+        members = self._due_members(keys, due_by, offset, limit)
         if not members and offset:
-            members = self._due_members(due_by, 0, limit)
+            members = self._due_members(keys, due_by, 0, limit)
         workers: list[tuple[str, str]] = []
         strays: list[bytes] = []
         for member in members:
@@ -180,25 +210,22 @@ class WatchdogProtocol(StoreBase):
                 workers.append((worker, node_of(worker)))
             else:
                 strays.append(member)
-        claimer_token = "".join(ch if ch.isprintable() and not ch.isspace() else "_" for ch in claimer) or "-"
         sent = time.monotonic()
         with self.translated_errors():
-            reply = self.scripts.claim_expired(
-                self._raw, self.keys, claimer_token, self.settings.events_maxlen, workers, strays
-            )
+            reply = self.scripts.claim_expired(self._raw, keys, claimer, self.settings.events_maxlen, workers, strays)
         now_ms, next_deadline = int(reply[0]), int(reply[1])
         self.server_clock.observe(now_ms, sent, time.monotonic())
         claimed = []
         for packed in reply[2:]:
             deadline, worker, scope_id = as_text(packed).split(" ", 2)  # "<deadline_ms> <worker> <scope_id>"
             claimed.append(Claim(worker, scope_id, int(deadline), node_of(worker)))
-        return ClaimResult(now_ms, None if next_deadline < 0 else next_deadline, claimed)
+        return ClaimResult(now_ms, None if next_deadline < 0 else next_deadline, claimed, len(claimed) >= limit)
 
-    def _due_members(self, due_by: int, offset: int, limit: int) -> list[Any]:
-        """Members of deadlines scored up to ``due_by``; none when the key holds another type (the claim script
-        then replaces it and reports it)."""
-        command = ("ZRANGE", self.keys.deadlines, "-inf", due_by, "BYSCORE", "LIMIT", offset, limit)
-        with self.translated_errors(self.keys.deadlines):
+    def _due_members(self, keys: Keys, due_by: int, offset: int, limit: int) -> list[Any]:
+        """Members of a shard's deadlines scored up to ``due_by``; none when the key holds another type (the claim
+        script then replaces it and reports it)."""
+        command = ("ZRANGE", keys.deadlines, "-inf", due_by, "BYSCORE", "LIMIT", offset, limit)
+        with self.translated_errors(keys.deadlines):
             try:
                 members: list[Any] = self._raw.execute(*command)
             except redis.ResponseError as error:
@@ -208,69 +235,86 @@ class WatchdogProtocol(StoreBase):
         return members
 
     def ensure_delivery_group(self, node: str) -> None:
-        """Create the node's delivery stream and consumer group if missing (reading from the start, so orders
-        queued before the first watchdog of the node started are not skipped)."""
-        with self.translated_errors(self.keys.deliver(node)):
+        """Create the node's delivery stream and consumer group in every shard if missing (reading from the start,
+        so orders queued before the first watchdog of the node started are not skipped)."""
+        for keys in self.shard_keys:
+            self._ensure_group(keys, node)
+
+    def _ensure_group(self, keys: Keys, node: str) -> None:
+        with self.translated_errors(keys.deliver(node)):
             try:
-                self.redis.xgroup_create(self.keys.deliver(node), DELIVERY_GROUP, id="0", mkstream=True)
+                self.redis.xgroup_create(keys.deliver(node), DELIVERY_GROUP, id="0", mkstream=True)
             except redis.ResponseError as error:
                 if "BUSYGROUP" not in str(error):
                     raise
 
     def read_deliveries(self, node: str, consumer: str, count: int) -> DeliveryEntries:
-        """New entries of ``node``'s delivery stream for this consumer (non-blocking)."""
-        key = self.keys.deliver(node)
-        command = ("XREADGROUP", "GROUP", DELIVERY_GROUP, consumer, "COUNT", count, "STREAMS", key, ">")
-        with self.translated_errors(key):
-            try:
-                reply = self._raw.execute(*command)
-            except redis.ResponseError as error:
-                if not _is_missing_group(error):
-                    raise
-                self.ensure_delivery_group(node)
-                reply = self._raw.execute(*command)
-        if not reply:
-            return []
-        streams = list(reply.values()) if isinstance(reply, dict) else [item[1] for item in reply]
-        return _entries(streams[0] if streams else [])
+        """New entries of ``node``'s delivery streams for this consumer (non-blocking), up to ``count`` per shard."""
+        entries: DeliveryEntries = []
+        for keys in self.shard_keys:
+            key = keys.deliver(node)
+            command = ("XREADGROUP", "GROUP", DELIVERY_GROUP, consumer, "COUNT", count, "STREAMS", key, ">")
+            with self.translated_errors(key):
+                try:
+                    reply = self._raw.execute(*command)
+                except redis.ResponseError as error:
+                    if not _is_missing_group(error):
+                        raise
+                    self._ensure_group(keys, node)
+                    reply = self._raw.execute(*command)
+            if reply:
+                streams = list(reply.values()) if isinstance(reply, dict) else [item[1] for item in reply]
+                entries += _entries(streams[0] if streams else [], keys.shard)
+        return entries
 
     def take_over_deliveries(self, node: str, consumer: str, min_idle_ms: int, count: int) -> DeliveryEntries:
-        """Entries of ``node`` left unacknowledged for ``min_idle_ms`` by a replica that died (XAUTOCLAIM)."""
-        key = self.keys.deliver(node)
-        command = ("XAUTOCLAIM", key, DELIVERY_GROUP, consumer, min_idle_ms, "0-0", "COUNT", count)
-        with self.translated_errors(key):
-            try:
-                reply = self._raw.execute(*command)
-            except redis.ResponseError as error:
-                if not _is_missing_group(error):
-                    raise
-                return []
-        return _entries(reply[1] if isinstance(reply, list) and len(reply) > 1 else [])
+        """Entries of ``node`` left unacknowledged for ``min_idle_ms`` by a replica that died (XAUTOCLAIM), up to
+        ``count`` per shard."""
+        entries: DeliveryEntries = []
+        for keys in self.shard_keys:
+            key = keys.deliver(node)
+            command = ("XAUTOCLAIM", key, DELIVERY_GROUP, consumer, min_idle_ms, "0-0", "COUNT", count)
+            with self.translated_errors(key):
+                try:
+                    reply = self._raw.execute(*command)
+                except redis.ResponseError as error:
+                    if not _is_missing_group(error):
+                        raise
+                    continue
+            if isinstance(reply, (list, tuple)) and len(reply) > 1:
+                entries += _entries(reply[1], keys.shard)
+        return entries
 
     def forget_idle_consumers(self, node: str, min_idle_ms: int, keep: str = "") -> int:
-        """Delete the consumers of ``node``'s delivery group that hold no order and have not read or claimed for
+        """Delete the consumers of ``node``'s delivery groups that hold no order and have not read or claimed for
         ``min_idle_ms``: each replica that ever ran is one, and killed ones would pile up. Atomic, so an order
         handed to a consumer meanwhile is never dropped with it.
 
         Args:
-            node: whose delivery group.
+            node: whose delivery groups.
             min_idle_ms: only consumers idle at least this long.
             keep: a consumer never deleted (the caller's own).
 
         Returns:
-            How many consumers were deleted.
+            How many consumers were deleted (one per shard it was in).
         """
         whole_number("min_idle_ms", min_idle_ms, minimum=0)
-        with self.translated_errors(self.keys.deliver(node)):
-            return self.scripts.forget_idle_consumers(self.redis, self.keys, node, DELIVERY_GROUP, min_idle_ms, keep)
+        deleted = 0
+        for keys in self.shard_keys:
+            with self.translated_errors(keys.deliver(node)):
+                deleted += self.scripts.forget_idle_consumers(self.redis, keys, node, DELIVERY_GROUP, min_idle_ms, keep)
+        return deleted
 
-    def finish_deliveries(self, node: str, entries: Sequence[tuple[str, Sequence[Sequence[Any]], str]]) -> Flags:
-        """Acknowledge entries of ``node``'s stream and write their outcome events, in one round trip.
+    def finish_deliveries(
+        self, node: str, entries: Sequence[tuple[str, Sequence[Sequence[Any]], str]], *, shard: int = 0
+    ) -> Flags:
+        """Acknowledge entries of ``node``'s stream in one shard and write their outcome events, in one round trip.
 
         Args:
             node: whose stream.
             entries: (entry id, events, again) triples; each event a flat field, value, ... sequence, "type" first;
                 ``again``: order lines to put back on the stream as a new entry ("" for none).
+            shard: the shard the entries were read from (``DeliveryEntry.shard``).
 
         Returns:
             Per entry, True when this call acknowledged it (False: another replica had already finished it, and
@@ -278,13 +322,14 @@ class WatchdogProtocol(StoreBase):
         """
         if not entries:
             return []
+        keys = self.shard_keys[shard]
         flags: list[bool] = []
-        with self.translated_errors(self.keys.deliver(node)):
+        with self.translated_errors(keys.deliver(node)):
             # Batches of FINISH_BATCH entries: one script call each rather than one round trip per entry.
             for start in range(0, len(entries), FINISH_BATCH):
                 flags += self.scripts.finish_delivery(
                     self._raw,
-                    self.keys,
+                    keys,
                     node,
                     DELIVERY_GROUP,
                     self.settings.events_maxlen,
@@ -292,25 +337,44 @@ class WatchdogProtocol(StoreBase):
                 )
         return flags
 
-    def forget_node(self, node: str, before_ms: int) -> bool:
-        """Remove ``node``'s delivery stream and its entry in ``nodes`` if it was last active before ``before_ms``
-        (server clock) and no order of it waits. The caller checks that no replica of it is live."""
-        whole_number("before_ms", before_ms, minimum=0)
-        with self.translated_errors(self.keys.deliver(node)):
-            return self.scripts.forget_node(self.redis, self.keys, node, DELIVERY_GROUP, before_ms)
+    def forget_node(self, node: str, before_ms: int, *, shard: int | None = None) -> bool:
+        """Remove ``node``'s delivery stream and its entry in ``nodes`` (of one shard, or of all) if it was last
+        active before ``before_ms`` (server clock) and no order of it waits. The caller checks that no replica of
+        it is live.
 
-    def subscribe_wake(self) -> Any:
-        """A pub/sub subscribed to the wake channel: acquire publishes a new earliest deadline, claim a delivery."""
-        with self.translated_errors():
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(self.keys.wake_channel)
-        return pubsub
+        Returns:
+            Whether it was forgotten (in every shard asked).
+        """
+        whole_number("before_ms", before_ms, minimum=0)
+        forgotten = True
+        for keys in self.shard_keys if shard is None else [self.shard_keys[shard]]:
+            with self.translated_errors(keys.deliver(node)):
+                forgotten &= self.scripts.forget_node(self.redis, keys, node, DELIVERY_GROUP, before_ms)
+        return forgotten
+
+    def plan_wake(self, at_ms: int) -> None:
+        """Tell acquires when this replica will wake (server clock): one due later needs no wake-up message. The
+        key of each shard expires shortly after, so the plan of a replica that died is not trusted for long."""
+        ttl_ms = max(1, at_ms - self.server_clock.now_ms()) + WAKE_PLAN_SLACK_MS
+        with self.translated_errors(self.keys.wake_at):
+            pipe = self.redis.pipeline(transaction=False)
+            for keys in self.shard_keys:
+                pipe.set(keys.wake_at, at_ms, px=ttl_ms)
+            pipe.execute()
+
+    def subscribe_wake(self) -> WakeListener:
+        """A listener on every shard's wake channel: acquire publishes a new earliest deadline, claim a delivery,
+        a stopping watchdog its own stop."""
+        return WakeListener(self.redis, [keys.wake_channel for keys in self.shard_keys], self.translated_errors)
 
     def publish_wake(self, message: str) -> None:
-        """Wake every watchdog of the namespace (used by a stopping watchdog to end its own wait)."""
+        """Wake every watchdog of the namespace (used by a stopping watchdog to end its own wait): every replica
+        listens on shard 0's channel, among others."""
         with self.translated_errors():
-            self.redis.publish(self.keys.wake_channel, message)
+            self.redis.spublish(self.keys.wake_channel, message)
 
 
+# How long a replica's announced wake-up time outlives it.
+WAKE_PLAN_SLACK_MS = 100
 # Most entries acknowledged by one finish_delivery.lua call.
 FINISH_BATCH = 500

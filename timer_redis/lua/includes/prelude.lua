@@ -19,12 +19,11 @@ local function bad_arg(name, text)
   return redis.error_reply('BAD_ARG ' .. name .. ' ' .. tostring(text))
 end
 
--- `text` as an integer >= minimum, or nil when it is not 1 to 15 ASCII digits (so it is exact in a double) or is
--- below minimum. Strict on purpose: tonumber() alone would take " 12", "0x1F" and "1e3", which records.py refuses.
+-- `text` as an integer >= minimum, or nil when it is not one. For ARGV, which callers have checked: tonumber() and
+-- a whole-number test are enough (records are read with a strict pattern, parse_entry).
 local function to_int(text, minimum)
-  if type(text) ~= 'string' or not string.find(text, '^%d+$') or #text > 15 then return nil end
   local number = tonumber(text)
-  if number < minimum then return nil end
+  if not number or number ~= math.floor(number) or number < minimum or number >= 1e15 then return nil end
   return number
 end
 
@@ -78,54 +77,56 @@ local function call_in_chunks(command, key, items)
   end
 end
 
--- Add `delta` to the namespace's timer count. The count is a statistic: a key holding anything but an integer is
--- overwritten rather than allowed to fail the script that changes timers.
-local function adjust_count(count_key, delta)
-  local adjusted = redis.pcall('INCRBY', count_key, delta)
-  if type(adjusted) == 'table' then redis.call('SET', count_key, math.max(delta, 0)) end
-end
-
--- The fields of `text` split on `separator` (plain text, not a pattern); at most `limit` + 1 pieces are kept.
-local function split(text, separator, limit)
-  local pieces = {}
-  local start = 1
-  while #pieces <= limit do
-    local at = string.find(text, separator, start, true)
-    if not at then
-      pieces[#pieces + 1] = string.sub(text, start)
-      return pieces
-    end
-    pieces[#pieces + 1] = string.sub(text, start, at - 1)
-    start = at + 1
-  end
-  return pieces
+-- Add `delta` to the namespace's count of extra timers: those beyond the first of each worker (a worker with one
+-- timer is counted by the deadlines zset alone, so the common case costs nothing here). A key holding anything
+-- but an integer is overwritten rather than allowed to fail the script that changes timers.
+local function adjust_extra(extra_key, delta)
+  if delta == 0 then return end
+  local adjusted = redis.pcall('INCRBY', extra_key, delta)
+  if type(adjusted) == 'table' then redis.call('SET', extra_key, math.max(delta, 0)) end
 end
 
 -- A worker's record (records.py): one line per timer, fields separated by tabs:
 --   scope_id  deadline_ms  ttl_ms  signal  kill_after_ms  dump_signal  group  mac
--- parse_entry(line) is a table {scope, deadline, ttl, signal, kill_after, dump_signal, group, mac, line} with the
--- numbers as numbers (kill_after and dump_signal as text, '' when unused), or nil when the line is not one.
-local function parse_entry(line)
-  local fields = split(line, '\t', 8)
-  if #fields ~= 8 or fields[1] == '' then return nil end
-  local deadline, ttl, signal = to_int(fields[2], 0), to_int(fields[3], 0), to_int(fields[4], 1)
-  if not deadline or not ttl or not signal then return nil end
-  if fields[5] ~= '' and not to_int(fields[5], 1) then return nil end
-  if fields[6] ~= '' and not to_int(fields[6], 1) then return nil end
-  return {scope = fields[1], deadline = deadline, ttl = ttl, signal = signal, kill_after = fields[5],
-    dump_signal = fields[6], group = fields[7], mac = fields[8], line = line}
+-- Scripts that change one timer need only each line's scope and deadline (its head); the claim also checks every
+-- field of the lines it reads, and extend the fields of the line it rewrites (parse_entry). A line is read with
+-- one pattern match: these run for every timer of a worker on every acquire and release.
+local ENTRY = '^[^\t]+\t%d+\t%d+\t%d+\t%d*\t%d*\t[^\t%s]*\t[^\t%s]*$'
+local HEAD = '^([^\t]+)\t(%d+)\t'
+local FIELDS = '^([^\t]+)\t(%d+)\t(%d+)\t(%d+)\t(%d*)\t(%d*)\t([^\t%s]*)\t([^\t%s]*)$'
+
+-- Whether every field of `line` is well-formed: numbers of at most 15 digits (exact in a double), a signal of 1 to
+-- 3 digits that is not 0, and no kill_after or dump_signal of 0 (0 would mean no signal, no escalation).
+local function valid_line(line)
+  if not string.find(line, ENTRY) then return false end
+  local _, deadline, ttl, signal, kill_after, dump_signal = string.match(line, FIELDS)
+  return #deadline <= 15 and #ttl <= 15 and #signal <= 3 and tonumber(signal) >= 1 and #kill_after <= 15
+    and #dump_signal <= 3 and kill_after ~= '0' and dump_signal ~= '0'
 end
 
--- The entries of a record, in order, and its lines that did not parse (kept as they are, never dropped
--- silently: the claim script reports them). A missing record (false from GET) has neither.
-local function parse_record(record)
+-- The lines of a record as entries {scope, deadline, line}, in order, and the lines that are not entries (kept as
+-- they are, never dropped silently: the claim script reports them). `strict` checks every field of each line
+-- (valid_line); otherwise only its head. A missing record (false from GET) has neither.
+local function scan_record(record, strict)
   local entries, malformed = {}, {}
   if not record or record == '' then return entries, malformed end
-  for _, line in ipairs(split(record, '\n', 100000)) do
-    local entry = parse_entry(line)
-    if entry then entries[#entries + 1] = entry else malformed[#malformed + 1] = line end
+  for line in string.gmatch(record, '[^\n]+') do
+    local scope, deadline = string.match(line, HEAD)
+    if scope and #deadline <= 15 and (not strict or valid_line(line)) then
+      entries[#entries + 1] = {scope = scope, deadline = tonumber(deadline), deadline_text = deadline, line = line}
+    else
+      malformed[#malformed + 1] = line
+    end
   end
   return entries, malformed
+end
+
+-- Every field of a well-formed line (valid_line): {scope, deadline, ttl, signal, kill_after, dump_signal, group,
+-- mac}, the numbers as numbers, kill_after and dump_signal as text ('' when unused).
+local function parse_entry(line)
+  local scope, deadline, ttl, signal, kill_after, dump_signal, group, mac = string.match(line, FIELDS)
+  return {scope = scope, deadline = tonumber(deadline), ttl = tonumber(ttl), signal = tonumber(signal),
+    kill_after = kill_after, dump_signal = dump_signal, group = group, mac = mac}
 end
 
 -- A record line of the given fields (numbers written without exponent).
