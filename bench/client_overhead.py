@@ -2,13 +2,13 @@
 
 Every block runs CPU work of a fixed length inside it: a busy loop calibrated once to 50 µs or 1 ms (CPU, not
 sleep, so a thread of a contender that competes for the GIL or the cores shows). A *segment* is N blocks of one
-contender at one work size (5,000; fewer for the default-scope contenders, whose torch baseline takes milliseconds
-a block). A *round* runs one segment of every contender, the bare loop included, in an order shuffled each round.
-After each segment comes a rest (1 s) in which the contender's deferred work is waited for and checked finished
-before the next segment starts: our unread replies read (``flush()``), torch's queue emptied by its server
-(``qsize() == 0``), its FIFO read (``FIONREAD == 0``); then, over the rest's last 200 ms, the CPU of the helper
-processes and threads (redis-server, torch's servers, this process' other threads) and the commands Redis ran are
-sampled, to show the machine was quiet when the next segment began.
+contender at one work size (5,000; 300 for torch's default scope, which takes milliseconds a block walking
+``inspect.stack()``). A *round* runs one segment of every contender, the bare loop included, in an order
+shuffled each round. After each segment comes a rest (1 s) in which the contender's deferred work is waited for
+and checked finished before the next segment starts: our unread replies read (``flush()``), torch's queue
+emptied by its server (``qsize() == 0``), its FIFO read (``FIONREAD == 0``); then, over the rest's last 200 ms,
+the CPU of the helper processes and threads (redis-server, torch's servers, this process' other threads) and the
+commands Redis ran are sampled, to show the machine was quiet when the next segment began.
 
     overhead per block = segment time / N  -  bare loop time / N of the same round and work size
 
@@ -82,7 +82,7 @@ Blocks = Callable[[int, int], int]  # (blocks, work iterations) -> how many bloc
 
 
 def busy(iterations: int) -> int:
-    """CPU work: ``iterations`` additions in the interpreter (about 80 ns each on the project's machine)."""
+    """CPU work: ``iterations`` additions in the interpreter (40-80 ns each on the project's machine)."""
     total = 0
     for i in range(iterations):
         total += i
