@@ -1,4 +1,4 @@
-"""What every benchmark shares: its own redis-server, medians over rounds, and the result table.
+"""What every benchmark shares: its own redis-server, medians and percentiles, realistic timers, the run's metadata.
 
 Each benchmark starts a redis-server of its own on a free loopback port (never the shared 6379), measures ours and
 the baseline side by side in the same run (interleaved rounds where both run in one process), and reports medians,
@@ -8,18 +8,25 @@ because the machine is small and shared.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
+import platform
+import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import redis
 
 from tests.redis_server import RedisServer
+
+from .report import Table
 
 # The namespace every benchmark uses for its own timers.
 NAMESPACE = "bench"
@@ -77,6 +84,24 @@ def median(values: Iterable[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def cpu_seconds(pid: int, *, task_of: int | None = None) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc), or of thread ``pid`` of process ``task_of``."""
+    path = f"/proc/{pid}/stat" if task_of is None else f"/proc/{task_of}/task/{pid}/stat"
+    with open(path, "rb") as stat:
+        fields = stat.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def commandstats_totals(client: redis.Redis) -> tuple[int, int]:
+    """(calls, µs) of every command Redis ran so far but INFO (INFO commandstats): what a reader of it adds."""
+    calls = usec = 0
+    for name, values in client.info("commandstats").items():
+        if name != "cmdstat_info":
+            calls += int(values["calls"])
+            usec += int(values["usec"])
+    return calls, usec
+
+
 def torch_version() -> str | None:
     """torch's version when it can be imported, else None (its baselines are then skipped and said so)."""
     try:
@@ -100,6 +125,8 @@ def pack(*args: bytes | str | int) -> bytes:
 
 def send_pipelined(port: int, commands: Iterable[bytes], batch: int = 5000) -> int:
     """Send packed commands on one raw connection in batches, read every reply, and return how many were errors.
+
+    Commands run in the order given; when this returns, Redis has run them all.
 
     Replies are only counted, never parsed: an error reply is the one line starting with "-". Every reply of the
     commands sent here must be a flat one (integer, status, bulk string without CRLF inside, or an array of
@@ -128,15 +155,17 @@ def send_pipelined(port: int, commands: Iterable[bytes], batch: int = 5000) -> i
                         )
             return failed
 
+        # One batch stays in flight: Redis runs it while this process packs the next one.
+        in_flight = 0
         for command in commands:
             chunk.append(command)
             if len(chunk) >= batch:
                 sock.sendall(b"".join(chunk))
-                errors += drain(len(chunk))
-                chunk = []
+                errors += drain(in_flight)
+                in_flight, chunk = len(chunk), []
         if chunk:
             sock.sendall(b"".join(chunk))
-            errors += drain(len(chunk))
+        errors += drain(in_flight + len(chunk))
     return errors
 
 
@@ -155,80 +184,21 @@ SCOPE_FILES = (
 )
 
 
-def realistic_timer(index: int) -> tuple[str, str]:
-    """(worker id, scope_id) of the ``index``-th timer of the realistic shape (no two alike)."""
+# Prefixed to every scope for the long-scope shape: all scopes then exceed 64 bytes (Redis' default
+# hash-max-listpack-value), each by the same number of bytes over the short shape.
+LONG_SCOPE_PREFIX = "/mnt/shared/experiments/2024-06-llm-pretrain"
+
+
+def realistic_timer(index: int, *, long_scope: bool = False) -> tuple[str, str]:
+    """(worker id, scope_id) of the ``index``-th timer of the realistic shape (no two alike); ``long_scope``
+    puts ``LONG_SCOPE_PREFIX`` before each scope."""
     worker_index, scope_index = divmod(index, SCOPES_PER_WORKER)
     node_index, local = divmod(worker_index, WORKERS_PER_NODE)
     node = f"gpu-node-{node_index:04d}-4026531836"
     pid = 100_000 + local * 37 + (node_index % 997)
     start_time = 7_000_000 + node_index * 1_013 + local
     scope = f"{SCOPE_FILES[scope_index % len(SCOPE_FILES)]}#{100 + 17 * scope_index}"
-    return f"{node}:{pid}:{start_time}", scope
-
-
-# -- the result table ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    """One line of a result table.
-
-    ``ok`` is True (PASS), False (MISS) or None (no target: information only).
-    """
-
-    measure: str
-    ours: str
-    baseline: str = ""
-    ratio: str = ""
-    target: str = ""
-    ok: bool | None = None
-
-    @property
-    def result(self) -> str:
-        return "" if self.ok is None else ("PASS" if self.ok else "MISS")
-
-
-@dataclass
-class Table:
-    title: str
-    baseline_name: str = "baseline"
-    rows: list[Row] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def add(self, *args: Any, **kwargs: Any) -> Row:
-        row = Row(*args, **kwargs)
-        self.rows.append(row)
-        return row
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
-
-    @property
-    def missed(self) -> list[Row]:
-        return [row for row in self.rows if row.ok is False]
-
-    def _cells(self) -> tuple[list[str], list[list[str]]]:
-        header = ["measure", "ours", self.baseline_name, "ratio", "target", "result"]
-        body = [[r.measure, r.ours, r.baseline, r.ratio, r.target, r.result] for r in self.rows]
-        return header, body
-
-    def text(self) -> str:
-        header, body = self._cells()
-        widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-        lines = [f"== {self.title}"]
-        for line in [header, ["-" * w for w in widths], *body]:
-            lines.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
-        lines += [f"   {note}" for note in self.notes]
-        return "\n".join(lines)
-
-    def markdown(self) -> str:
-        header, body = self._cells()
-        lines = [f"**{self.title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in body]
-        if self.notes:
-            lines.append("")
-            lines += [f"- {note}" for note in self.notes]
-        return "\n".join(lines)
+    return f"{node}:{pid}:{start_time}", (LONG_SCOPE_PREFIX + scope if long_scope else scope)
 
 
 def fmt_us(seconds: float) -> str:
@@ -268,5 +238,55 @@ def run_main(description: str, run: Callable[[bool], Table], argv: Sequence[str]
     return 0
 
 
-def pin_note() -> str:
-    return f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, redis-py {redis.__version__}"
+def redis_server_version() -> str | None:
+    """The version of the redis-server on PATH (the one every benchmark starts), or None."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    output = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout
+    for word in output.split():
+        if word.startswith("v="):
+            return word[2:]
+    return output.strip() or None
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout the benchmarks run from, "-dirty" when tracked files changed; None outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("-dirty" if changed else "")
+
+
+def run_metadata(quick: bool, names: Sequence[str]) -> dict[str, Any]:
+    """What a recorded run says about itself: when, what, with which versions, on what machine under what load
+    (``seconds`` and ``load_average.after`` are added when it ends)."""
+    try:
+        ours = importlib.metadata.version("timer-redis")
+    except importlib.metadata.PackageNotFoundError:
+        ours = None
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quick": quick,
+        "benchmarks": list(names),
+        "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        "commit": git_commit(),
+        "timer_redis": ours,
+        "python": platform.python_version(),
+        "redis_server": redis_server_version(),
+        "redis_py": redis.__version__,
+        "torch": torch_version(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "load_average": {"before": os.getloadavg()[0]},
+    }

@@ -1,61 +1,143 @@
-"""Per-block client overhead of ``with expires(after=10): pass``, side by side with torch's timer clients.
+"""Per-block overhead of a timer around real work, side by side with torch's timer clients.
 
-Contenders, all in this process, interleaved round by round (medians of per-round ratios):
+Every block runs CPU work of a fixed length inside it: a busy loop calibrated once to 50 µs or 1 ms (CPU, not
+sleep, so a thread of a contender that competes for the GIL or the cores shows). A *segment* is N blocks of one
+contender at one work size (5,000; 300 for torch's default scope, which takes milliseconds a block walking
+``inspect.stack()``). A *round* runs one segment of every contender, the bare loop included, in an order
+shuffled each round. After each segment comes a rest (1 s) in which the contender's deferred work is waited for
+and checked finished before the next segment starts: our unread replies read (``flush()``), torch's queue
+emptied by its server (``qsize() == 0``), its FIFO read (``FIONREAD == 0``); then, over the rest's last 200 ms,
+the CPU of the helper processes and threads (redis-server, torch's servers, this process' other threads) and the
+commands Redis ran are sampled, to show the machine was quiet when the next segment began.
 
-- ours, default client mode (the acquire is on the socket before the block starts, replies are read later), with
-  an explicit scope and with the default scope (``scope=None``: "<file>#<line>" of the caller);
-- torch ``LocalTimerClient`` (multiprocessing queue; ``LocalTimerServer`` running in a child process);
-- torch ``FileTimerClient`` (FIFO; ``FileTimerServer`` running in a child process), which fails blocks with
-  BlockingIOError when its FIFO is full: failed blocks are counted for every contender;
-- ours in strict mode (waits for every reply) against redis-py's own ``zadd`` + ``zrem`` round trips;
-- for scale, two bare ``sendall`` of the same two EVALSHA commands per block on a plain blocking socket: the floor
-  of any client that puts the acquire on the socket before the block starts.
+    overhead per block = segment time / N  -  bare loop time / N of the same round and work size
+
+Reported: medians over rounds, and ratio = median ours / median theirs. Contenders:
+
+- ours: ``RedisTimerClient`` in its default mode (the acquire is on the socket before the block starts, replies are
+  read later), explicit scope; and with its default scope ("<file>#<line>");
+- torch ``LocalTimerClient`` with its ``LocalTimerServer`` in another process (torchelastic's topology: the
+  agent), and with the server a thread of the measured process; with torch's default scope too;
+- torch ``FileTimerClient`` with its ``FileTimerServer`` in another process;
+- ours in strict mode (waits for every reply) against redis-py ``zadd`` + ``zrem`` round trips;
+- the floor of any client that puts its acquire on a socket before the block: two bare ``sendall`` per block.
+
+torch's servers here count the workers they would kill instead of killing them (only their reaping is changed,
+which runs only for an expired timer): the measured process is their worker, and a failed ``FileTimerClient``
+release (BlockingIOError on a full FIFO) leaves a timer behind that SIGKILLs it 10 s later.
 
     python -m bench.client_overhead [--quick]
 """
 
 from __future__ import annotations
 
+import array
+import contextlib
+import fcntl
+import math
 import multiprocessing
 import os
 import random
+import shutil
 import socket
 import tempfile
+import termios
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 import timer_redis
-from timer_redis.records import WorkerOptions
 
-from ._common import NAMESPACE, BenchRedis, Table, fmt_ratio, fmt_us, median, pack, run_main, torch_version
+from ._common import (
+    NAMESPACE,
+    BenchRedis,
+    commandstats_totals,
+    cpu_seconds,
+    fmt_ratio,
+    median,
+    run_main,
+    torch_version,
+)
+from ._load import packed_block
+from .report import Quantity, Table
 
+TARGET_VS_LOCAL = 1.0  # ours / torch Local, in each of its topologies
 TARGET_DEFAULT_SCOPE = 0.1
-TARGET_EXPLICIT_SCOPE = 3.0
 TARGET_STRICT = 1.0
 SCOPE = "bench"
+WORKS = (50e-6, 1e-3)  # seconds of CPU work inside each block
+# Where torch's servers wait at most between passes: what torchelastic's agent gives its FileTimerServer.
+TORCH_MAX_INTERVAL = 0.1
+QUIET_WINDOW = 0.2  # the tail of each rest over which the machine is checked quiet
 
-Blocks = Callable[[int], int]  # runs n blocks, returns how many failed
+Blocks = Callable[[int, int], int]  # (blocks, work iterations) -> how many blocks failed
 
 
-# -- the blocks: the same loop for every contender, so each pays the same stack depth for a default scope ----------
+# -- the work inside a block --------------------------------------------------------------------------------------
 
 
-def _blocks(expires: Callable[..., Any], client: Any, scope: str | None) -> Blocks:
-    """n blocks of ``with expires(after=10): pass``; ``scope=None`` leaves the contender its default scope."""
-    scope_kwargs = {} if scope is None else {"scope": scope}
+def busy(iterations: int) -> int:
+    """CPU work: ``iterations`` additions in the interpreter (40-80 ns each on the project's machine)."""
+    total = 0
+    for i in range(iterations):
+        total += i
+    return total
 
-    def blocks(n: int) -> int:
+
+def calibrate_busy(seconds: float) -> int:
+    """Iterations of ``busy`` that take ``seconds`` of CPU on this machine: the fastest of many short tries on this
+    thread's CPU clock, so time other processes take from the core does not count (the machine may be shared)."""
+    probe = 20_000
+    fastest = math.inf
+    for _ in range(50):
+        began = time.thread_time()
+        busy(probe)
+        fastest = min(fastest, time.thread_time() - began)
+    return max(1, round(seconds / (fastest / probe)))
+
+
+# -- the blocks: one loop shape for every contender, so each pays the same ------------------------------------------
+
+
+def _bare() -> Blocks:
+    def blocks(n: int, iterations: int) -> int:
         failed = 0
         for _ in range(n):
+            ran = False
             try:
-                with expires(after=10, client=client, **scope_kwargs):
-                    pass
+                ran = True
+                busy(iterations)
             except Exception:
                 failed += 1
+                if not ran:
+                    busy(iterations)
+        return failed
+
+    return blocks
+
+
+def _timed(expires: Callable[..., Any], client: Any, scope: str | None) -> Blocks:
+    """Blocks of ``with expires(after=10): busy(...)``; ``scope=None`` leaves the contender its default scope. A
+    block whose acquire fails still does its work, so a failing contender is not timed as faster."""
+    scope_kwargs = {} if scope is None else {"scope": scope}
+
+    def blocks(n: int, iterations: int) -> int:
+        failed = 0
+        for _ in range(n):
+            ran = False
+            try:
+                with expires(after=10, client=client, **scope_kwargs):
+                    ran = True
+                    busy(iterations)
+            except Exception:
+                failed += 1
+                if not ran:
+                    busy(iterations)
         return failed
 
     return blocks
@@ -65,249 +147,484 @@ def _redis_py_round_trips(client: redis.Redis) -> Blocks:
     key = f"timer:{{{NAMESPACE}}}:zadd-baseline"
     member = "bench-node:1:1|bench"
 
-    def blocks(n: int) -> int:
+    def blocks(n: int, iterations: int) -> int:
         failed = 0
         for _ in range(n):
+            ran = False
             try:
                 client.zadd(key, {member: int(time.time() * 1000) + 10_000})
+                ran = True
+                busy(iterations)
                 client.zrem(key, member)
             except Exception:
                 failed += 1
+                if not ran:
+                    busy(iterations)
         return failed
 
     return blocks
 
 
-def _packed_commands(store: timer_redis.TimerStore, worker: str) -> tuple[bytes, bytes]:
-    """The EVALSHA of acquire.lua and of release.lua the fast path writes for one block."""
-    scripts = store.scripts
-    keys = scripts.acquire_keys(store.keys, worker)
-    args = [*scripts.acquire_worker_args(store.keys, worker, WorkerOptions(9)), SCOPE, 10_000, 0, "", ""]
-    acquire = pack("EVALSHA", scripts.by_name["acquire"].sha, len(keys), *keys, *args)
-    release = pack("EVALSHA", scripts.by_name["release"].sha, len(keys), *keys, worker, SCOPE)
-    return acquire, release
+class _BareWrites:
+    """The floor: the acquire and release of one timer, packed once, written with one ``sendall`` each."""
 
+    def __init__(self, port: int, store: timer_redis.TimerStore) -> None:
+        self.acquire, self.release, self.reply_lines = packed_block(store, "bench-node:1:1", SCOPE, 10_000)
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.pending = 0
 
-def _bare_writes(port: int, store: timer_redis.TimerStore) -> tuple[Blocks, Callable[[], None]]:
-    worker = "bench-node:1:1"
-    packed = list(_packed_commands(store, worker))
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.settimeout(None)
-    pending = [0]
-
-    def blocks(n: int) -> int:
-        send = sock.sendall
-        first, second = packed
+    def blocks(self, n: int, iterations: int) -> int:
+        send = self.sock.sendall
+        acquire, release = self.acquire, self.release
         for _ in range(n):
-            send(first)
-            send(second)
-        pending[0] += n
+            send(acquire)
+            busy(iterations)
+            send(release)
+        self.pending += n
         return 0
 
-    def drain() -> None:
-        # Replies: an acquire's is 3 lines ("*2", deadline, flag), a release's 1; read them all between rounds.
-        lines_due = 4 * pending[0]
-        pending[0] = 0
+    def drain(self) -> None:
+        """Read every reply of the blocks sent so far (the replies are counted by lines, never parsed)."""
+        lines_due = self.reply_lines * self.pending
+        self.pending = 0
         while lines_due:
-            data = sock.recv(1 << 20)
+            data = self.sock.recv(1 << 20)
             if not data:
                 raise ConnectionError("redis closed the connection")
             if b"-" in data:
                 raise RuntimeError(f"error reply to a bare write: {data[:200]!r}")
             lines_due -= data.count(b"\r\n")
 
-    return blocks, drain
+    def close(self) -> None:
+        self.sock.close()
 
 
-# -- torch's servers, each in a child process as in a real job ----------------------------------------------------
+# -- torch's servers ----------------------------------------------------------------------------------------------
 
 
-def _local_server(queue: Any, stop: Any) -> None:
-    warnings.filterwarnings("ignore")
+def _local_server_class() -> Any:
+    """torch's LocalTimerServer, but counting the workers it would kill instead of killing them.
+
+    Only the reaping changes (it runs only for an expired timer), so the per-request work measured is torch's own.
+    The benchmark's process is the worker: a timer left behind by a failed release would otherwise SIGKILL it.
+    """
     from torch.distributed.elastic.timer import LocalTimerServer
 
-    server = LocalTimerServer(queue, max_interval=0.05, daemon=True)
+    class CountingLocalTimerServer(LocalTimerServer):  # type: ignore[misc]
+        reaped: Any = None  # a shared multiprocessing Value
+
+        def _reap_worker(self, worker_id: int) -> bool:
+            with self.reaped.get_lock():
+                self.reaped.value += 1
+            return True
+
+    return CountingLocalTimerServer
+
+
+def _local_server(queue: Any, reaped: Any, stop: Any) -> None:
+    warnings.filterwarnings("ignore")
+    server = _local_server_class()(queue, max_interval=TORCH_MAX_INTERVAL, daemon=True)
+    server.reaped = reaped
     server.start()
     stop.wait()
     server.stop()
 
 
-def _file_server(path: str, ready: Any, stop: Any) -> None:
+def _file_server(path: str, reaped: Any, ready: Any, stop: Any) -> None:
+    """torch's FileTimerServer, counting the workers it would kill instead of killing them (and itself: it kills
+    its own process after reaping a worker), like ``_local_server_class``."""
     warnings.filterwarnings("ignore")
     from torch.distributed.elastic.timer import FileTimerServer
 
-    server = FileTimerServer(path, run_id="bench", max_interval=0.05, daemon=True)
+    class CountingFileTimerServer(FileTimerServer):  # type: ignore[misc]
+        def _reap_worker(self, worker_pid: int, signal: int) -> bool:
+            if worker_pid != os.getpid():
+                with reaped.get_lock():
+                    reaped.value += 1
+            return True
+
+    server = CountingFileTimerServer(path, run_id="bench", max_interval=TORCH_MAX_INTERVAL, daemon=True)
     server.start()
     ready.set()
     stop.wait()
     server.stop()
 
 
+def _wait_until(done: Callable[[], bool], timeout: float = 30.0) -> bool:
+    give_up = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > give_up:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def _fifo_unread(fd: int) -> int:
+    """Bytes written to the FIFO that its server has not read yet."""
+    count = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, count, True)
+    return int(count[0])
+
+
+# -- the machine's quiet: helper processes, this process' other threads, Redis ------------------------------------
+
+
+class _Quiet:
+    """Samples what could still be running for a previous segment: the CPU seconds of the helper processes and of
+    this process' threads other than the measuring one, and the commands Redis ran."""
+
+    def __init__(self, helpers: dict[str, int], redis_client: redis.Redis) -> None:
+        self.helpers = helpers
+        self.redis = redis_client
+
+    def _threads_cpu(self) -> float:
+        own = threading.get_native_id()
+        total = 0.0
+        for tid in os.listdir("/proc/self/task"):
+            if int(tid) != own:
+                with contextlib.suppress(OSError):  # the thread ended meanwhile
+                    total += cpu_seconds(int(tid), task_of=os.getpid())
+        return total
+
+    def sample(self) -> dict[str, float]:
+        values = {name: cpu_seconds(pid) for name, pid in self.helpers.items()}
+        values["this process' other threads"] = self._threads_cpu()
+        values["redis commands"] = float(commandstats_totals(self.redis)[0])
+        return values
+
+
+# -- contenders and rounds ----------------------------------------------------------------------------------------
+
+
+@dataclass
 class _Contender:
-    def __init__(self, name: str, blocks: Blocks, settle: Callable[[], None] | None = None) -> None:
-        self.name = name
-        self.blocks = blocks
-        self.settle = settle
-        self.n = 0
-        self.seconds: list[float] = []  # per block, one per round
-        self.failed = 0
-        self.total = 0
-
-    def calibrate(self, round_seconds: float) -> None:
-        self.blocks(20)
-        if self.settle:
-            self.settle()
-        began = time.perf_counter()
-        self.blocks(100)
-        per_block = (time.perf_counter() - began) / 100
-        if self.settle:
-            self.settle()
-        self.n = int(max(50, min(100_000, round_seconds / per_block)))
-
-    def round(self) -> None:
-        began = time.perf_counter()
-        failed = self.blocks(self.n)
-        self.seconds.append((time.perf_counter() - began) / self.n)
-        self.failed += failed
-        self.total += self.n
-        if self.settle:
-            self.settle()
+    name: str
+    blocks: Blocks
+    settle: Callable[[], bool] = lambda: True  # waits for its deferred work; False when not done within 30 s
+    n: int = 5000
+    works: tuple[float, ...] = WORKS
+    rounds: int = 0  # how many rounds it takes part in at the 1 ms work size, if it has one (all at 50 µs)
+    seconds: dict[float, list[float]] = field(default_factory=dict)  # per work: per-block time, one per round
+    redis_us: list[float] = field(default_factory=list)  # Redis CPU per block, one per segment
+    drain_s: list[float] = field(default_factory=list)
+    undrained: int = 0
+    failed: int = 0
+    total: int = 0
 
 
-def run(quick: bool) -> Table:  # noqa: C901 -- one table of many contenders; split with the issue-13 bench work
-    rounds = 3 if quick else 9
-    round_seconds = 0.05 if quick else 0.15
+@dataclass
+class _Rest:
+    contender: str
+    drain_s: float
+    drained: bool
+    tail: dict[str, float]  # CPU ms (commands for Redis) over the rest's last QUIET_WINDOW
+
+
+def _run_segment(contender: _Contender, work: float, iterations: int, stats: redis.Redis) -> tuple[float, bool]:
+    """Time one segment, then wait for the contender's deferred work.
+
+    Returns:
+        When the segment ended (monotonic clock: its rest begins there), and whether its deferred work finished.
+    """
+    _, usec_before = commandstats_totals(stats)
+    began = time.perf_counter()
+    failed = contender.blocks(contender.n, iterations)
+    elapsed = time.perf_counter() - began
+    ended = time.monotonic()
+    contender.seconds.setdefault(work, []).append(elapsed / contender.n)
+    contender.failed += failed
+    contender.total += contender.n
+    drained = contender.settle()
+    contender.drain_s.append(time.monotonic() - ended)
+    contender.undrained += not drained
+    _, usec_after = commandstats_totals(stats)
+    contender.redis_us.append((usec_after - usec_before) / contender.n)
+    return ended, drained
+
+
+def _rest(contender: _Contender, drained: bool, quiet: _Quiet, rest_s: float, began: float) -> _Rest:
+    """Sleep out the rest that began when the segment ended (its drain included), sampling the quiet at its end."""
+    time.sleep(max(0.0, began + rest_s - QUIET_WINDOW - time.monotonic()))
+    first = quiet.sample()
+    time.sleep(QUIET_WINDOW)
+    last = quiet.sample()
+    tail = {name: (last[name] - first[name]) * (1 if name == "redis commands" else 1000) for name in first}
+    return _Rest(contender.name, contender.drain_s[-1], drained, tail)
+
+
+def _schedule(contenders: dict[str, _Contender], rounds: int, seed: int = 7) -> list[list[tuple[str, float]]]:
+    """Per round, the (contender, work) segments in a shuffled order; the 1 ms segments only in the first
+    ``contender.rounds`` rounds (they take 5 s each)."""
+    rng = random.Random(seed)
+    schedule = []
+    for index in range(rounds):
+        segments = [
+            (name, work)
+            for name, contender in contenders.items()
+            for work in contender.works
+            if work == WORKS[0] or index < contender.rounds
+        ]
+        rng.shuffle(segments)
+        schedule.append(segments)
+    return schedule
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+
+
+def _work_label(work: float) -> str:
+    return f"{work * 1e6:.0f} µs" if work < 1e-3 else f"{work * 1e3:.0f} ms"
+
+
+def _signed_us(seconds: float) -> str:
+    return "n/a" if seconds != seconds else f"{seconds * 1e6:+.2f} µs"
+
+
+def run(quick: bool) -> Table:
+    rounds = 3 if quick else 5
+    rounds_1ms = 3
+    blocks = 500 if quick else 5000
+    blocks_default_scope = 50 if quick else 300
+    rest_s = 0.3 if quick else 1.0
     version = torch_version()
     context = multiprocessing.get_context("fork")
     stop = context.Event()
-    children: list[Any] = []
+    children: dict[str, Any] = {}
     contenders: dict[str, _Contender] = {}
-    temp_dir = tempfile.mkdtemp(prefix="timer-redis-bench-fifo-")
-    print(f"client overhead: {rounds} rounds of about {round_seconds} s per contender; torch {version or 'absent'}",
-          flush=True)  # fmt: skip
+    rests: list[_Rest] = []
+    # Healthy workers (this process) torch's servers would have killed: a timer a failed release left behind.
+    reaped = {name: context.Value("i", 0) for name in ("torch Local, server process", "torch Local, server thread",
+                                                       "torch File")}  # fmt: skip
+    iterations = {work: calibrate_busy(work) for work in WORKS}
+    print(f"client overhead: {rounds} rounds ({rounds_1ms} at 1 ms), {blocks} blocks a segment, {rest_s} s rests; "
+          f"busy loop {iterations}; torch {version or 'absent'}", flush=True)  # fmt: skip
+    cleanups: list[Callable[[], None]] = []
     with BenchRedis() as server:
+        stats = server.client()
+        helpers = {"redis-server": server.pid}
         if version is not None:
             warnings.filterwarnings("ignore")
             from torch.distributed.elastic.timer import FileTimerClient, LocalTimerClient
             from torch.distributed.elastic.timer import expires as torch_expires
 
-            queue = context.Queue()
-            children.append(context.Process(target=_local_server, args=(queue, stop), daemon=True))
-            fifo = os.path.join(temp_dir, "timers.fifo")
+            process_queue = context.Queue()
+            children["torch Local server"] = context.Process(
+                target=_local_server, args=(process_queue, reaped["torch Local, server process"], stop), daemon=True
+            )
+            fifo_dir = tempfile.mkdtemp(prefix="timer-redis-bench-fifo-")
+            cleanups.append(lambda: shutil.rmtree(fifo_dir, ignore_errors=True))
+            fifo = os.path.join(fifo_dir, "timers.fifo")
             ready = context.Event()
-            children.append(context.Process(target=_file_server, args=(fifo, ready, stop), daemon=True))
-            for child in children:
+            children["torch File server"] = context.Process(
+                target=_file_server, args=(fifo, reaped["torch File"], ready, stop), daemon=True
+            )
+            for child in children.values():
                 child.start()
             if not ready.wait(30):
                 raise RuntimeError("FileTimerServer did not start")
+            helpers.update({name: child.pid for name, child in children.items()})
+            # A read end of our own, never read: only to ask how much the server has not read yet.
+            fifo_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+            cleanups.append(lambda: os.close(fifo_fd))
+            thread_queue = context.Queue()
+            thread_server = _local_server_class()(thread_queue, max_interval=TORCH_MAX_INTERVAL, daemon=True)
+            thread_server.reaped = reaped["torch Local, server thread"]
+            thread_server.start()
+            cleanups.append(thread_server.stop)
 
-            def drain_queue() -> None:
-                give_up = time.monotonic() + 30
-                while queue.qsize() > 0 and time.monotonic() < give_up:
-                    time.sleep(0.005)
+            def queue_emptied(queue: Any) -> Callable[[], bool]:
+                return lambda: _wait_until(lambda: queue.qsize() == 0)
 
-            def let_fifo_drain() -> None:
-                time.sleep(0.05)
-
-            local = LocalTimerClient(queue)
+            local_process = LocalTimerClient(process_queue)
+            local_thread = LocalTimerClient(thread_queue)
             file_client = FileTimerClient(fifo)
-            for kind, torch_client, settle in (("local", local, drain_queue), ("file", file_client, let_fifo_drain)):
-                label = f"torch {kind.capitalize()}"
-                for style, scope in (("explicit", SCOPE), ("default", None)):
-                    blocks = _blocks(torch_expires, torch_client, scope)
-                    contenders[f"torch-{kind}-{style}"] = _Contender(label, blocks, settle)
+            for name, torch_client, scope, settle, n, works in (
+                ("torch Local, server process", local_process, SCOPE, queue_emptied(process_queue), blocks, WORKS),
+                ("torch Local, server thread", local_thread, SCOPE, queue_emptied(thread_queue), blocks, WORKS),
+                ("torch File", file_client, SCOPE, lambda: _wait_until(lambda: _fifo_unread(fifo_fd) == 0), blocks,
+                 WORKS),
+                ("torch Local, default scope", local_process, None, queue_emptied(process_queue),
+                 blocks_default_scope, WORKS[:1]),
+            ):  # fmt: skip
+                blocks_of = _timed(torch_expires, torch_client, scope)
+                contenders[name] = _Contender(name, blocks_of, settle, n, works, rounds_1ms)
 
         client = timer_redis.RedisTimerClient(url=server.url, namespace=NAMESPACE)
         strict = timer_redis.RedisTimerClient(url=server.url, namespace=NAMESPACE, strict=True)
         plain = redis.Redis.from_url(server.url)
-        bare, drain_bare = _bare_writes(server.port, client.store)
-        contenders["ours-explicit"] = _Contender("ours", _blocks(timer_redis.expires, client, SCOPE), client.flush)
-        contenders["ours-default"] = _Contender("ours", _blocks(timer_redis.expires, client, None), client.flush)
-        contenders["ours-strict"] = _Contender("ours strict", _blocks(timer_redis.expires, strict, SCOPE))
-        contenders["redis-py"] = _Contender("redis-py", _redis_py_round_trips(plain))
-        contenders["bare-writes"] = _Contender("bare writes", bare, drain_bare)
+        floor = _BareWrites(server.port, client.store)
+        cleanups += [floor.close, plain.close, client.flush]
+
+        def flushed() -> bool:
+            client.flush()
+            return True
+
+        def floor_drained() -> bool:
+            floor.drain()
+            return True
+
+        for name, blocks_of, settle, works in (
+            ("bare", _bare(), lambda: True, WORKS),
+            ("ours", _timed(timer_redis.expires, client, SCOPE), flushed, WORKS),
+            ("ours, default scope", _timed(timer_redis.expires, client, None), flushed, WORKS[:1]),
+            ("ours, strict", _timed(timer_redis.expires, strict, SCOPE), lambda: True, WORKS[:1]),
+            ("redis-py", _redis_py_round_trips(plain), lambda: True, WORKS[:1]),
+            ("floor", floor.blocks, floor_drained, WORKS[:1]),
+        ):
+            contenders[name] = _Contender(name, blocks_of, settle, blocks, works, rounds_1ms)
+        quiet = _Quiet(helpers, stats)
         try:
-            for contender in contenders.values():
-                contender.calibrate(round_seconds)
-            rng = random.Random(7)
-            names = list(contenders)
-            for index in range(rounds):
-                rng.shuffle(names)
-                for name in names:
-                    contenders[name].round()
-                summary = ", ".join(f"{name} {contenders[name].seconds[-1] * 1e6:.2f}" for name in sorted(names))
-                print(f"  round {index + 1} (µs/block): {summary}", flush=True)
-            evalsha = plain.info("commandstats").get("cmdstat_evalsha", {})
-            redis_per_block = 2 * float(evalsha.get("usec_per_call", "nan")) / 1e6
+            for contender in contenders.values():  # warm up: connections, scripts, caches, torch's feeder threads
+                contender.blocks(20, 1)
+                contender.settle()
+            time.sleep(rest_s)
+            for index, segments in enumerate(_schedule(contenders, rounds)):
+                for name, work in segments:
+                    ended, drained = _run_segment(contenders[name], work, iterations[work], stats)
+                    rests.append(_rest(contenders[name], drained, quiet, rest_s, ended))
+                summary = ", ".join(
+                    f"{name} {contenders[name].seconds[work][-1] * 1e6:.1f}"
+                    for name, work in sorted(segments)
+                    if work == WORKS[0]
+                )
+                print(f"  round {index + 1} (µs/block at {_work_label(WORKS[0])}): {summary}", flush=True)
         finally:
             stop.set()
-            for child in children:
+            for cleanup in reversed(cleanups):
+                cleanup()
+            for child in children.values():
                 child.join(10)
                 if child.is_alive():
                     child.kill()
-            client.flush()
-            plain.close()
+            stats.close()
+    kills = {name: int(value.value) for name, value in reaped.items()}
+    return _table(contenders, rests, iterations, rounds, rounds_1ms, blocks_default_scope, rest_s, version, kills)
 
-    def per_block(name: str) -> float:
-        return median(contenders[name].seconds)
 
-    def ratio(ours: str, theirs: str) -> float:
-        mine, their = contenders[ours].seconds, contenders[theirs].seconds
-        return median(a / b for a, b in zip(mine, their, strict=True))
+def _overheads(contenders: dict[str, _Contender], name: str, work: float) -> list[float]:
+    """Per round: the contender's time per block minus the bare loop's of the same round (seconds)."""
+    bare = contenders["bare"].seconds[work]
+    return [mine - base for mine, base in zip(contenders[name].seconds[work], bare, strict=False)]
 
-    table = Table("Client overhead per block: with expires(after=10): pass", "baseline")
-    missing = "torch not installed"
+
+def _table(
+    contenders: dict[str, _Contender],
+    rests: list[_Rest],
+    iterations: dict[float, int],
+    rounds: int,
+    rounds_1ms: int,
+    blocks_default_scope: int,
+    rest_s: float,
+    version: str | None,
+    kills: dict[str, int],
+) -> Table:
+    table = Table("Per-block overhead with work inside the block (loop with the timer minus the bare loop)")
+
+    def compare(measure: str, ours: str, theirs: str, work: float, target: float | None) -> None:
+        mine, their = _overheads(contenders, ours, work), _overheads(contenders, theirs, work)
+        mine_median, their_median = median(mine), median(their)
+        ratio = mine_median / their_median if their_median > 0 else math.nan
+        ok = None if target is None else (mine_median <= target * their_median)
+        table.add(
+            measure,
+            _signed_us(mine_median),
+            f"{_signed_us(their_median)} ({theirs})",
+            fmt_ratio(ratio),
+            "" if target is None else f"<= {target}x",
+            ok,
+            raw={
+                "ours": Quantity(mine_median * 1e6, "µs"),
+                "baseline": Quantity(their_median * 1e6, "µs"),
+                "ratio": Quantity(ratio, "x"),
+                **({} if target is None else {"target": Quantity(target, "x")}),
+                "ours_per_round": Quantity([v * 1e6 for v in mine], "µs"),
+                "baseline_per_round": Quantity([v * 1e6 for v in their], "µs"),
+                "ours_blocks_per_segment": Quantity(contenders[ours].n, "blocks"),
+                "baseline_blocks_per_segment": Quantity(contenders[theirs].n, "blocks"),
+            },
+        )
+
+    for work in WORKS:
+        label = _work_label(work)
+        bare = contenders["bare"].seconds[work]
+        table.add(
+            f"{label} of work: the bare loop per block (no timer)",
+            f"{median(bare) * 1e6:.2f} µs",
+            raw={
+                "ours": Quantity(median(bare) * 1e6, "µs"),
+                "per_round": Quantity([v * 1e6 for v in bare], "µs"),
+                "busy_iterations": Quantity(iterations[work], "iterations"),
+            },
+        )
+        if version is None:
+            table.add(f"{label} of work: ours", _signed_us(median(_overheads(contenders, "ours", work))),
+                      "torch not installed")  # fmt: skip
+            continue
+        compare(f"{label} of work: ours vs torch Local, server in another process", "ours",
+                "torch Local, server process", work, TARGET_VS_LOCAL)  # fmt: skip
+        compare(f"{label} of work: ours vs torch Local, server a thread of the worker", "ours",
+                "torch Local, server thread", work, TARGET_VS_LOCAL)  # fmt: skip
+        compare(f"{label} of work: ours vs torch File, server in another process", "ours", "torch File", work,
+                None)  # fmt: skip
+    first = WORKS[0]
+    label = _work_label(first)
     if version is not None:
-        value = ratio("ours-default", "torch-local-default")
-        table.add("default scope vs torch LocalTimerClient", fmt_us(per_block("ours-default")),
-                  f"{fmt_us(per_block('torch-local-default'))} (Local)", fmt_ratio(value),
-                  f"<= {TARGET_DEFAULT_SCOPE}x", value <= TARGET_DEFAULT_SCOPE)  # fmt: skip
-        value = ratio("ours-explicit", "torch-local-explicit")
-        table.add("explicit scope vs torch LocalTimerClient", fmt_us(per_block("ours-explicit")),
-                  f"{fmt_us(per_block('torch-local-explicit'))} (Local)", fmt_ratio(value),
-                  f"<= {TARGET_EXPLICIT_SCOPE}x", value <= TARGET_EXPLICIT_SCOPE)  # fmt: skip
-        value = ratio("ours-explicit", "torch-file-explicit")
-        table.add("explicit scope vs torch FileTimerClient", fmt_us(per_block("ours-explicit")),
-                  f"{fmt_us(per_block('torch-file-explicit'))} (File)", fmt_ratio(value), "< 1x",
-                  value < 1)  # fmt: skip
-        value = ratio("ours-default", "torch-file-default")
-        table.add("default scope vs torch FileTimerClient", fmt_us(per_block("ours-default")),
-                  f"{fmt_us(per_block('torch-file-default'))} (File)", fmt_ratio(value), "< 1x",
-                  value < 1)  # fmt: skip
-    else:
-        table.add("default scope vs torch LocalTimerClient", fmt_us(per_block("ours-default")), missing)
-        table.add("explicit scope vs torch LocalTimerClient", fmt_us(per_block("ours-explicit")), missing)
-    ours_failed = sum(contenders[n].failed for n in ("ours-explicit", "ours-default", "ours-strict"))
-    ours_total = sum(contenders[n].total for n in ("ours-explicit", "ours-default", "ours-strict"))
-    if version is not None:
-        file_failed = contenders["torch-file-explicit"].failed + contenders["torch-file-default"].failed
-        file_total = contenders["torch-file-explicit"].total + contenders["torch-file-default"].total
-        local_failed = contenders["torch-local-explicit"].failed + contenders["torch-local-default"].failed
-        local_total = contenders["torch-local-explicit"].total + contenders["torch-local-default"].total
-        table.add("failed blocks", f"{ours_failed:,} of {ours_total:,}",
-                  f"File {file_failed:,} of {file_total:,}; Local {local_failed:,} of {local_total:,}", "",
-                  "0 (ours)", ours_failed == 0)  # fmt: skip
-    else:
-        table.add("failed blocks", f"{ours_failed:,} of {ours_total:,}", missing, "", "0 (ours)", ours_failed == 0)
-    value = ratio("ours-strict", "redis-py")
-    table.add("strict mode vs redis-py zadd + zrem round trips", fmt_us(per_block("ours-strict")),
-              f"{fmt_us(per_block('redis-py'))} (redis-py)", fmt_ratio(value), f"<= {TARGET_STRICT}x",
-              value <= TARGET_STRICT)  # fmt: skip
-    if version is not None:
-        value = ratio("bare-writes", "torch-local-explicit")
-        table.add("floor: two bare socket writes per block", fmt_us(per_block("bare-writes")),
-                  f"{fmt_us(per_block('torch-local-explicit'))} (Local)", fmt_ratio(value))  # fmt: skip
-    table.add("Redis CPU per block (acquire.lua + release.lua)", fmt_us(redis_per_block))
-    table.note(f"{rounds} rounds, contenders in shuffled order each round; ratio = median of per-round ratios")
+        compare(f"{label} of work: floor, two bare socket writes per block", "floor", "torch Local, server process",
+                first, None)  # fmt: skip
+        compare(f"{label} of work: default scope, ours vs torch's", "ours, default scope",
+                "torch Local, default scope", first, TARGET_DEFAULT_SCOPE)  # fmt: skip
+    compare(f"{label} of work: strict mode vs redis-py zadd + zrem round trips", "ours, strict", "redis-py", first,
+            TARGET_STRICT)  # fmt: skip
+    ours_names = ("ours", "ours, default scope", "ours, strict")
+    ours_failed = sum(contenders[n].failed for n in ours_names)
+    ours_total = sum(contenders[n].total for n in ours_names)
+    others = ", ".join(
+        f"{c.name} {c.failed:,} of {c.total:,}" for c in contenders.values() if c.name not in ours_names and c.failed
+    )
+    killed = ", ".join(f"{name} {count}" for name, count in kills.items() if count)
+    table.add("failed blocks", f"{ours_failed:,} of {ours_total:,}", others or "none among the others", "",
+              "0 (ours)", ours_failed == 0,
+              raw={"ours": Quantity(ours_failed, "blocks"), "ours_total": Quantity(ours_total, "blocks"),
+                   **{f"healthy_worker_kills {name}": Quantity(count, "kills") for name, count in kills.items()}},
+              notes=[f"torch's servers would have killed the healthy benchmark process: {killed} time(s) (a failed "
+                     "release leaves its timer behind; the servers here count kills instead of making them)"]
+              if killed else [])  # fmt: skip
+    redis_us = median(contenders["ours"].redis_us)
+    table.add("Redis CPU per block, ours (commandstats)", f"{redis_us:.2f} µs",
+              raw={"ours": Quantity(redis_us, "µs")})  # fmt: skip
+
     table.note(
-        "a loop of empty blocks outruns Redis: past 256 unread replies ours waits for them, so its figure is about "
-        "the Redis CPU per block; bare writes and torch's queue only fill buffers"
+        f"{rounds} rounds at {label} of work, {rounds_1ms} at 1 ms; {contenders['bare'].n:,} blocks a segment "
+        f"({blocks_default_scope:,} for torch's default scope, which walks inspect.stack()); contenders shuffled each "
+        f"round; overhead = loop time per block with the timer minus the bare loop's in the same round; medians "
+        f"over rounds, ratio = median ours / median theirs"
     )
     table.note(
-        "torch " + (f"{version}: servers in child processes, running" if version else "not installed: its rows skipped")
+        f"work: busy loop calibrated to {', '.join(_work_label(w) for w in WORKS)} "
+        f"({', '.join(str(iterations[w]) for w in WORKS)} iterations); torch's servers max_interval "
+        f"{TORCH_MAX_INTERVAL} s (torchelastic's agent)"
     )
+    table.note(_rest_note(contenders, rests, rest_s))
+    table.note("torch " + (f"{version}: servers running" if version else "not installed: its rows skipped"))
     return table
+
+
+def _rest_note(contenders: dict[str, _Contender], rests: list[_Rest], rest_s: float) -> str:
+    """What the rests show: every contender's deferred work finished within them, and the machine was quiet."""
+    slowest = max(contenders.values(), key=lambda c: max(c.drain_s, default=0.0))
+    undrained = sum(c.undrained for c in contenders.values())
+    worst: dict[str, float] = {}
+    for rest in rests:
+        for name, value in rest.tail.items():
+            worst[name] = max(worst.get(name, 0.0), value)
+    cpu = ", ".join(f"{name} {value:.0f} ms" for name, value in worst.items() if name != "redis commands")
+    drained = "every contender's deferred work finished" if not undrained else f"{undrained} drain(s) timed out"
+    return (
+        f"{rest_s} s rest after each of {len(rests)} segments: {drained} (slowest: {slowest.name}, "
+        f"{max(slowest.drain_s, default=0.0) * 1000:.0f} ms); in the last {QUIET_WINDOW * 1000:.0f} ms of each "
+        f"rest at most {cpu} of CPU and {worst.get('redis commands', 0):.0f} Redis commands"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,10 @@
 """Acquire throughput from 4 client processes, against raw pipelined ZADD on the same server in the same run.
 
 Ours: 4 processes, each a ``RedisTimerClient`` in its default mode calling ``acquire(scope, time.time() + 3600)``
-in a loop over 1,000 scopes of its own (each call one EVALSHA of acquire.lua on the socket, replies read as they
-come), for a fixed window; the window ends with ``flush()``, so every counted acquire was applied. Baseline: 4
+in a loop over the 4 scopes of the realistic shape (each call one EVALSHA of acquire.lua on the socket, replies
+read as they come), for a fixed window; the window ends with ``flush()``, so every counted acquire was applied.
+Extra rows give the Redis time of one acquire (INFO commandstats, 200 acquires loaded through acquire.lua) of a
+worker holding 4, 100 and 1,000 timers: what a worker's number of live timers costs. Baseline: 4
 processes, each sending ZADD to the same kind of zset through a redis-py pipeline (``transaction=False``, 100
 commands per round trip), what a user writing plain ZADDs would do. Rounds alternate, medians are reported. An
 extra row shows hand-packed pipelined ZADD (1,000 commands per write, replies only counted): the server-bound
@@ -22,27 +24,46 @@ from typing import Any
 import redis
 
 import timer_redis
+from timer_redis import TimerStore
 
-from ._common import NAMESPACE, BenchRedis, Table, fmt_rate, fmt_ratio, median, pack, run_main
+from ._common import (
+    NAMESPACE,
+    SCOPES_PER_WORKER,
+    BenchRedis,
+    commandstats_totals,
+    fmt_rate,
+    fmt_ratio,
+    median,
+    pack,
+    realistic_timer,
+    run_main,
+)
+from ._load import load_timers
+from .report import Quantity, Table
 
 PROCESSES = 4
-SCOPES = 1000
-TARGET_RATIO = 0.5
+SCOPES = 1000  # members of each baseline process' ZADDs, and timers of each process in the "many timers" row
+ACQUIRES_PER_CLOCK_LOOK = 100
+WORKER_SIZES = (SCOPES_PER_WORKER, 100, 1000)  # timers of one worker, for the Redis time of its acquires
+TARGET_RATIO = 1.0
 
 
 def _ours(url: str, window: float) -> int:
+    """Acquires in ``window`` seconds, this process' worker cycling over the realistic shape's scopes."""
     client = timer_redis.RedisTimerClient(url=url, namespace=NAMESPACE)
-    scopes = [f"/workspace/project/train.py#{i}" for i in range(SCOPES)]
-    client.acquire(scopes[0], time.time() + 3600)
+    scopes = [realistic_timer(i)[1] for i in range(SCOPES_PER_WORKER)]
+    cycle = (scopes * (ACQUIRES_PER_CLOCK_LOOK // len(scopes) + 1))[:ACQUIRES_PER_CLOCK_LOOK]
+    for scope in scopes:
+        client.acquire(scope, time.time() + 3600)
     client.flush()
     acquire = client.acquire
     clock = time.time
     done = 0
     end = time.monotonic() + window
     while time.monotonic() < end:
-        for scope in scopes:
+        for scope in cycle:
             acquire(scope, clock() + 3600)
-        done += SCOPES
+        done += len(cycle)
     client.flush()
     return done
 
@@ -87,6 +108,22 @@ def _raw_zadd(url: str, window: float) -> int:
     return done
 
 
+def redis_us_per_acquire(server: BenchRedis, timers: int, acquires: int = 200) -> float:
+    """Redis µs (INFO commandstats) per acquire of a worker that holds ``timers`` timers (on a server no one
+    else uses at that moment)."""
+    store = TimerStore.from_url(server.url, NAMESPACE)
+    worker = f"bench-node:{7_000_000 + timers}:1"
+    scopes = [f"{realistic_timer(i)[1]}.{i}" for i in range(timers)]
+    load_timers(store, server.port, ((worker, scope) for scope in scopes))
+    stats = server.client()
+    _, before = commandstats_totals(stats)
+    load_timers(store, server.port, ((worker, scopes[i % timers]) for i in range(acquires)))
+    _, after = commandstats_totals(stats)
+    stats.close()
+    store.redis.close()
+    return (after - before) / acquires
+
+
 def _worker(kind: str, url: str, window: float, start: Any, results: Any) -> None:
     work: Callable[[str, float], int] = {"ours": _ours, "redis-py": _redis_py_zadd, "raw": _raw_zadd}[kind]
     start.wait()
@@ -121,16 +158,17 @@ def run(quick: bool) -> Table:
     baseline: list[float] = []
     raw: list[float] = []
     ratios: list[float] = []
+    kinds = ["ours", "redis-py", "raw"]
     with BenchRedis() as server:
         for index in range(rounds):
-            order = ["ours", "redis-py", "raw"] if index % 2 == 0 else ["raw", "redis-py", "ours"]
+            order = kinds if index % 2 == 0 else kinds[::-1]
             got = {kind: measure(kind, server.url, window) for kind in order}
             ours.append(got["ours"])
             baseline.append(got["redis-py"])
             raw.append(got["raw"])
             ratios.append(got["ours"] / got["redis-py"])
-            print(f"  round {index + 1}: ours {fmt_rate(got['ours'])}, redis-py ZADD {fmt_rate(got['redis-py'])}, "
-                  f"raw ZADD {fmt_rate(got['raw'])}", flush=True)  # fmt: skip
+            print(f"  round {index + 1}: " + ", ".join(f"{kind} {fmt_rate(got[kind])}" for kind in kinds), flush=True)
+        per_acquire = {timers: redis_us_per_acquire(server, timers) for timers in WORKER_SIZES}
     table = Table(f"Acquire throughput, {PROCESSES} client processes", "pipelined ZADD (redis-py)")
     ratio = median(ratios)
     table.add(
@@ -140,14 +178,31 @@ def run(quick: bool) -> Table:
         fmt_ratio(ratio),
         f">= {TARGET_RATIO:.1f}x",
         ratio >= TARGET_RATIO,
+        raw={
+            "ours": Quantity(median(ours), "/s"),
+            "baseline": Quantity(median(baseline), "/s"),
+            "ratio": Quantity(ratio, "x"),
+            "target": Quantity(TARGET_RATIO, "x"),
+            "ours_per_round": Quantity(ours, "/s"),
+            "baseline_per_round": Quantity(baseline, "/s"),
+        },
     )
+    for timers, usec in per_acquire.items():
+        table.add(f"Redis time per acquire, a worker holding {timers:,} timers", f"{usec:.1f} µs",
+                  raw={"ours": Quantity(usec, "µs")})  # fmt: skip
+    ceiling = median(o / r for o, r in zip(ours, raw, strict=True))
     table.add(
         "hand-packed pipelined ZADD, 1,000 per write (ceiling)",
         fmt_rate(median(ours)),
         fmt_rate(median(raw)),
-        fmt_ratio(median(o / r for o, r in zip(ours, raw, strict=True))),
+        fmt_ratio(ceiling),
+        raw={"baseline": Quantity(median(raw), "/s"), "ratio": Quantity(ceiling, "x")},
     )
-    table.note(f"{rounds} rounds of {window} s each, order alternating; ratio = median of per-round ratios")
+    table.note(
+        f"{rounds} rounds of {window} s each, order alternating; ratio = median of per-round ratios; ours: each "
+        f"process one worker acquiring its {SCOPES_PER_WORKER} scopes in turn (the realistic shape); baseline: "
+        f"{SCOPES:,} members per process"
+    )
     return table
 
 
