@@ -167,8 +167,8 @@ class StoreHealth(StoreBase):
         timers but no live replica is listed in ``stuck_nodes``: nothing will signal its workers.
 
         Returns:
-            A JSON-ready dict: ``now_ms``, ``shards``, ``live_timers``, ``workers``, ``due_workers``, ``due_timers`` (timers
-            of the first 1000 due workers), ``earliest_deadline_ms``, ``pending_deliveries`` (node -> orders not
+            A JSON-ready dict: ``now_ms``, ``shards``, ``live_timers``, ``workers``, ``due_workers``, ``due_timers``
+            (timers of the first 1000 due workers), ``earliest_deadline_ms``, ``pending_deliveries`` (node -> orders not
             finished, read or not), ``replicas`` (replica id -> last heartbeat with ``age_ms`` and ``live``; dead
             ones are listed until ``FORGET_REPLICA_SECONDS``), ``nodes`` (node -> ``live_replicas``,
             ``due_timers``, ``pending_deliveries``), ``stuck_nodes``, ``signed`` (whether this store signs) and
