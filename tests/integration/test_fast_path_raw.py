@@ -15,7 +15,7 @@ import pytest
 import redis
 
 import timer_redis as timer
-from tests.helpers import read_orders, wait_for
+from tests.helpers import read_orders, wait_for, wait_until_due
 from tests.integration import workers
 from timer_redis import RedisTimerClient, TimerStore, WrongTypeError
 from timer_redis.keys import Keys
@@ -283,3 +283,19 @@ def test_a_forked_child_drops_its_parents_held_releases(client: RedisTimerClient
 
 def _child_holds_nothing(store: TimerStore) -> None:
     os._exit(0 if store._unread._held == b"" else 1)
+
+
+def test_batches_finished_out_of_order_leave_no_finished_order_behind(real_store: TimerStore) -> None:
+    # Three replicas of a node each read a batch; the one holding the oldest finishes last. Everything it read
+    # and everything the others finished is trimmed then, not only what its own batch held.
+    real_store.ensure_delivery_group("node-a")
+    batches = []
+    for index, replica in enumerate(("r1", "r2", "r3")):
+        deadline = real_store.acquire(f"node-a:{100 + index}:1", "s", 0.001) or 0
+        wait_until_due(real_store, deadline)
+        assert len(real_store.claim_expired(10, "me").claimed) == 1
+        (entry,) = real_store.read_deliveries("node-a", replica, 10)
+        batches.append(entry)
+    for entry in (batches[2], batches[1], batches[0]):
+        assert real_store.finish_deliveries("node-a", [(entry.entry_id, [["type", "owner-gone"]], "")]) == [True]
+    assert real_store.redis.xlen(real_store.keys.deliver("node-a")) == 0

@@ -43,34 +43,38 @@ while i <= #ARGV do
 end
 
 local acknowledged = {}
-local newest_ms, newest_seq = nil, nil
+local any_acknowledged = false
 for _, entry in ipairs(entries) do
   local done = redis.call('XACK', deliver_key, group, entry.id)
   acknowledged[#acknowledged + 1] = done == 1 and '1' or '0'
   if done == 1 then
+    any_acknowledged = true
     for _, event in ipairs(entry.events) do
       redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, event.first, event.last))
     end
     if entry.again ~= '' then redis.call('XADD', deliver_key, '*', 'o1', entry.again) end
-    local ms, seq = string.match(entry.id, '^(%d+)-(%d+)$')
-    ms, seq = tonumber(ms), tonumber(seq)
-    if ms and (not newest_ms or ms > newest_ms or (ms == newest_ms and seq > newest_seq)) then
-      newest_ms, newest_seq = ms, seq
-    end
   end
 end
 
 -- A finished entry is of no further use (the audit trail keeps its outcomes). Every entry older than the oldest
--- one still pending has been read and finished, and with none pending so has every entry up to the newest one
--- just acknowledged; entries not read yet are newer than both. One trim drops them all, far cheaper than XDEL.
-if newest_ms then
+-- one still pending has been read and finished; with none pending, so has every entry up to the last one the group
+-- read (replicas finish their batches in any order: the last to finish trims what the others finished). Entries
+-- not read yet are newer than both. One trim drops them all, far cheaper than XDEL.
+if any_acknowledged then
   local pending = redis.call('XPENDING', deliver_key, group)
-  local below
+  local below = nil
   if tonumber(pending[1]) > 0 then
     below = pending[2]
   else
-    below = int_text(newest_ms) .. '-' .. int_text(newest_seq + 1)
+    for _, info in ipairs(redis.call('XINFO', 'GROUPS', deliver_key)) do
+      local fields = {}
+      for j = 1, #info, 2 do fields[info[j]] = info[j + 1] end
+      if fields['name'] == group then
+        local ms, seq = string.match(tostring(fields['last-delivered-id']), '^(%d+)-(%d+)$')
+        if ms then below = ms .. '-' .. int_text(tonumber(seq) + 1) end
+      end
+    end
   end
-  redis.call('XTRIM', deliver_key, 'MINID', below)
+  if below then redis.call('XTRIM', deliver_key, 'MINID', below) end
 end
 return table.concat(acknowledged)
