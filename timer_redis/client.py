@@ -14,7 +14,7 @@ from .process import Owner, check_pid
 from .settings import TimerSettings, url_from_env
 from .store import TimerStore
 from .store.timers import WorkerCalls
-from .validation import timestamp
+from .validation import seconds_to_ms, timestamp
 
 # An expiration time already in the past still makes a timer, due at once (torch reaps it on the next pass too).
 MIN_TTL_SECONDS = 0.001
@@ -71,7 +71,13 @@ class RedisTimerClient(TimerClient):
         clock: the clock ``expiration_time`` is read on (default ``time.time``).
         secret: the namespace secret: timers are signed with it (default ``TIMER_REDIS_SECRET_FILE`` or
             ``TIMER_REDIS_SECRET``). Ignored with ``store``, which has its own.
+        kill_after: seconds after its signal at which this process, if still alive, gets SIGKILL (escalation, like
+            GNU timeout's ``--kill-after``; default ``TIMER_REDIS_KILL_AFTER``, else none). Meant for a ``signal``
+            the process may handle, such as TERM.
     """
+
+    supports_kill_after = True
+    """``expires(..., kill_after=)`` may pass ``kill_after`` to ``acquire`` (torch's clients take no such argument)."""
 
     def __init__(
         self,
@@ -85,6 +91,7 @@ class RedisTimerClient(TimerClient):
         pid: int | None = None,
         clock: Callable[[], float] = time.time,
         secret: bytes | str | None = None,
+        kill_after: float | None = None,
     ) -> None:
         if store is None:
             settings = settings or TimerSettings.from_env(namespace=namespace, signal=signal)
@@ -93,6 +100,8 @@ class RedisTimerClient(TimerClient):
             raise InvalidArgumentError(f"namespace {namespace!r} differs from the store's {store.keys.namespace!r}")
         self.store = store
         self._options = store.worker_options(signal)
+        kill_after = store.settings.kill_after if kill_after is None else kill_after
+        self._kill_after_ms = seconds_to_ms("kill_after", kill_after) if kill_after is not None else 0
         self._wait = store.settings.strict if strict is None else strict
         self._fixed_pid = check_pid(pid)
         self._clock = clock
@@ -116,8 +125,10 @@ class RedisTimerClient(TimerClient):
             self._worker_pid = pid
         return self._worker
 
-    def acquire(self, scope_id: str, expiration_time: float) -> None:
+    def acquire(self, scope_id: str, expiration_time: float, kill_after: float | None = None) -> None:
         """Start (or replace) the timer of ``scope_id``, due at ``expiration_time`` on this client's clock.
+
+        ``kill_after`` (seconds) overrides the client's escalation for this timer.
 
         Raises:
             InvalidArgumentError: bad scope_id or expiration_time (also one before 2001, which is a ttl passed by
@@ -131,18 +142,22 @@ class RedisTimerClient(TimerClient):
         # At least 1 ms: an expiration time already in the past makes a timer due at once (MIN_TTL_SECONDS).
         ttl_ms = math.ceil((expiration_time - self._clock()) * 1000)
         ttl_ms = ttl_ms if ttl_ms > 0 else 1
+        kill_after_ms = self._kill_after_ms if kill_after is None else seconds_to_ms("kill_after", kill_after)
         pid = self._fixed_pid or os.getpid()
         commands = self._commands if pid == self._commands_pid else self._commands_of(pid)
         if self.store.signer is None:
-            commands.acquire(scope_id, ttl_ms, self._wait)  # type: ignore[union-attr]
+            commands.acquire(scope_id, ttl_ms, self._wait, 0, kill_after_ms)  # type: ignore[union-attr]
             return
         check_scope_id(scope_id)
-        deadline_ms, mac = self.store.signed_deadline(self._worker, self._options, scope_id, ttl_ms)
-        commands.acquire(scope_id, ttl_ms, self._wait, deadline_ms, 0, mac)  # type: ignore[union-attr]
+        deadline_ms, mac = self.store.signed_deadline(self._worker, self._options, scope_id, ttl_ms, kill_after_ms)
+        commands.acquire(scope_id, ttl_ms, self._wait, deadline_ms, kill_after_ms, mac)  # type: ignore[union-attr]
 
     def acquire_for(self, scope_id: str, ttl: float) -> None:
         """Start (or replace) the timer of ``scope_id``, due ``ttl`` seconds from now (no clock involved)."""
-        self.store.acquire(self.worker_id(), scope_id, ttl, signal=self._options.signal, wait=self._wait)
+        kill_after = self._kill_after_ms / 1000 if self._kill_after_ms else None
+        self.store.acquire(
+            self.worker_id(), scope_id, ttl, signal=self._options.signal, kill_after=kill_after, wait=self._wait
+        )
 
     def release(self, scope_id: str) -> None:
         """Stop the timer of ``scope_id``; a no-op if there is none."""

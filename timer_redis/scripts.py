@@ -31,7 +31,10 @@ SCRIPT_NAMES = (
     "finish_delivery",
     "forget_idle_consumers",
     "forget_node",
+    "escalate",
 )
+# Scripts whose header declares a variable part of KEYS (``KEYS[6..]``): a call passes at least the fixed ones.
+VARIADIC_KEYS = frozenset({"claim_expired", "escalate", "expand_group"})
 
 # Most timers one worker may hold: its record is rewritten on every acquire and release, so a runaway program
 # that never releases is stopped here, with a clear error, instead of making each call slower.
@@ -100,7 +103,7 @@ class Scripts:
                 claim script declares a variable number (``KEYS[6..]``), checked by the script itself.
         """
         expected = KEY_COUNTS[name]
-        if len(keys) != expected and not (name == "claim_expired" and len(keys) >= expected):
+        if len(keys) != expected and not (name in VARIADIC_KEYS and len(keys) >= expected):
             raise ValueError(f"{name}.lua takes {expected} KEYS, got {len(keys)}")
         return self.by_name[name](keys, args, client=client)
 
@@ -218,19 +221,38 @@ class Scripts:
         node: str,
         group: str,
         maxlen: int,
-        entries: Sequence[tuple[str, Sequence[Sequence[Any]], str]],
+        entries: Sequence[tuple[Any, ...]],
     ) -> list[bool]:
-        """Run finish_delivery.lua on stream entries of one node, each with the events to write and the order lines
-        to put back if this call acknowledges it (each event a flat field, value, ... sequence); returns per entry
+        """Run finish_delivery.lua on stream entries of one node, each (entry id, events, again[, escalations]) with
+        the events to write, the order lines to put back and the escalations to schedule ((due ms, order line)
+        pairs) if this call acknowledges it (each event a flat field, value, ... sequence); returns per entry
         whether it did."""
         args: list[Any] = [group, maxlen]
-        for entry_id, events, again in entries:
+        for entry_id, events, again, *rest in entries:
             args += [entry_id, len(events)]
             for event in events:
                 args += [len(event), *event]
-            args.append(again)
-        reply = self.run("finish_delivery", client, [keys.deliver(node), keys.events], args)
+            escalations: Sequence[tuple[int, str]] = rest[0] if rest else ()
+            args += [again, len(escalations)]
+            for due_ms, line in escalations:
+                args += [due_ms, line]
+        reply = self.run("finish_delivery", client, [keys.deliver(node), keys.events, keys.escalations], args)
         return [flag == ord("1") for flag in (reply.encode() if isinstance(reply, str) else reply)]
+
+    def escalate(
+        self, client: Any, keys: Keys, maxlen: int, members: Sequence[tuple[Any, str]], strays: Sequence[Any] = ()
+    ) -> Sequence[Any]:
+        """Run escalate.lua on due ``members`` ((member, node) pairs) and remove ``strays`` (members that are no
+        orders); returns {now_ms, next_due_ms or -1, moved}."""
+        nodes = list(dict.fromkeys(node for _, node in members))
+        index = {node: position for position, node in enumerate(nodes, start=1)}
+        script_keys = [keys.escalations, keys.events, *(keys.deliver(node) for node in nodes)]
+        args: list[Any] = [maxlen, keys.wake_channel, len(members), len(nodes)]
+        args += [member for member, _ in members]
+        args += [index[node] for _, node in members]
+        args += [*nodes, *strays]
+        reply: Sequence[Any] = self.run("escalate", client, script_keys, args)
+        return reply
 
     def forget_idle_consumers(self, client: Any, keys: Keys, node: str, group: str, min_idle_ms: int, keep: str) -> int:
         """Run forget_idle_consumers.lua; returns how many consumers were deleted."""

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from .delivery import DeliveryOrder, DeliveryResult, Outcome, Refusal, SignalPolicy, deliver, screen
 from .errors import AuthenticationError, StoreUnavailableError, TimerRedisError
+from .escalation import escalation_due_ms
 from .history import record_sample
 from .process import default_node
 from .settings import TimerSettings, parse_signal, url_from_env
@@ -57,6 +58,8 @@ class PassResult:
     """Per delivered order: whether this replica finished it and wrote its event (False: another one had)."""
     malformed: list[MalformedOrder] = field(default_factory=list)
     """What this pass found in its node's stream that is not an order (reported, then acknowledged)."""
+    escalated: int = 0
+    """Escalations this pass moved to their node's stream as kill steps (any node's)."""
 
 
 class WatchdogObserver(Protocol):
@@ -175,6 +178,11 @@ class Watchdog:
         self._server_clock = (claim.now_ms, time.monotonic())
         result = PassResult(claimed=claim.claimed, now_ms=claim.now_ms, next_deadline_ms=claim.next_deadline_ms)
         result.claim_seconds = time.monotonic() - started
+        escalation = self.store.move_due_escalations(batch)
+        result.escalated = escalation.moved
+        if escalation.next_due_ms is not None:  # sleep no longer than until the next KILL is due
+            nexts = [escalation.next_due_ms, claim.next_deadline_ms]
+            result.next_deadline_ms = min(n for n in nexts if n is not None)
         entries = self.store.read_deliveries(self.node, self.replica_id, ENTRIES_PER_READ)
         if time.monotonic() >= self._next_takeover:
             self._next_takeover = time.monotonic() + self.settings.lease / TAKEOVER_CHECKS_PER_LEASE
@@ -196,25 +204,32 @@ class Watchdog:
         its outcome, or None to put the order back on the stream for a later pass), report what did not parse, and
         acknowledge every entry with its outcome events, in one round trip. Fills ``result.delivered``,
         ``result.finished`` and ``result.malformed``."""
-        finished: list[tuple[str, list[list[Any]], str]] = []
+        finished: list[tuple[str, list[list[Any]], str, list[tuple[int, str]]]] = []
         shards: list[int] = []  # per entry in `finished`, the shard it came from
         owners: list[int] = []  # per delivered order, the index of its entry in `finished`
         for entry in entries:
             events: list[list[Any]] = []
             again: list[str] = []
+            escalations: list[tuple[int, str]] = []
             for order in entry.orders:
                 outcome = carry_out(order)
                 if outcome is None:
-                    again.append(order.line)
+                    if order.step == "signal":  # a kill step is never put back as a signal step
+                        again.append(order.line)
                     continue
                 result.delivered.append((order, outcome))
                 owners.append(len(finished))
                 events.append(self._outcome_event(order, outcome))
+                due_ms = escalation_due_ms(order, outcome)
+                if due_ms is not None:
+                    escalations.append((due_ms, order.line))
+                    nexts = [due_ms, result.next_deadline_ms]  # this replica wakes for the KILL
+                    result.next_deadline_ms = min(n for n in nexts if n is not None)
             for bad in entry.malformed:
                 log.warning("malformed delivery order in %s entry %s: %s", self.node, bad.entry_id, bad.detail)
                 events.append(self._malformed_event(bad, entry.shard))
                 result.malformed.append(bad)
-            finished.append((entry.entry_id, events, "\n".join(again)))
+            finished.append((entry.entry_id, events, "\n".join(again), escalations))
             shards.append(entry.shard)
         flags: list[bool] = [False] * len(finished)
         for shard in sorted(set(shards)):  # one round trip per shard that had entries
@@ -275,8 +290,10 @@ class Watchdog:
         event: list[Any] = [
             "type", outcome.outcome.value, "worker", order.worker, "scope_id", order.scope_id, "pid", order.pid,
             "signal", order.signal, "deadline_ms", order.deadline_ms, "claimed_ms", order.claimed_ms,
-            "claimer", order.claimer, "replica", self.replica_id, "detail", outcome.detail,
+            "claimer", order.claimer, "replica", self.replica_id, "detail", outcome.detail, "step", order.step,
         ]  # fmt: skip
+        if order.kill_after_ms:
+            event += ["kill_after_ms", order.kill_after_ms]
         if outcome.reason:
             event += ["reason", outcome.reason]
         if outcome.sent_ms is not None:  # when it was carried out, on the Redis clock; the lag only for a signal

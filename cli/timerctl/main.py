@@ -8,6 +8,7 @@ takes them too, after its name (``group.py``). The TimerStore is built lazily in
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import threading
@@ -371,10 +372,22 @@ def timer_dict(worker: str, scope_id: str, deadline_ms: int) -> dict[str, Any]:
 @click.option(
     "--signal", "signal_name", default=None, help="Signal sent when it expires [default: KILL, env TIMER_REDIS_SIGNAL]."
 )
+@click.option(
+    "--kill-after",
+    type=SECONDS,
+    default=None,
+    help="Also send KILL if the process still lives this long after --signal [default: env TIMER_REDIS_KILL_AFTER].",
+)
 @owner_options
 @pass_state
 def acquire(
-    state: CliState, scope_id: str, ttl: float, signal_name: str | None, pid: int | None, worker: str | None
+    state: CliState,
+    scope_id: str,
+    ttl: float,
+    signal_name: str | None,
+    kill_after: float | None,
+    pid: int | None,
+    worker: str | None,
 ) -> None:
     """Start (or restart) the timer SCOPE of a process: if it is not released or extended within --ttl, a watchdog
     signals that process.
@@ -396,10 +409,12 @@ def acquire(
         warning = shell_warning(owner.pid, scope_id, signal_label(signal_number))
         if warning:
             warn(warning)
-    deadline_ms = store.acquire(owner.worker, scope_id, ttl, signal=signal_number)
+    kill_after = kill_after if kill_after is not None else store.settings.kill_after
+    deadline_ms = store.acquire(owner.worker, scope_id, ttl, signal=signal_number, kill_after=kill_after)
     assert deadline_ms is not None  # wait=True always returns the deadline
     if state.json_output:
-        emit_json({**timer_dict(owner.worker, scope_id, deadline_ms), "command": command_line(owner.pid)})
+        reply = {**timer_dict(owner.worker, scope_id, deadline_ms), "command": command_line(owner.pid)}
+        emit_json({**reply, "kill_after_ms": math.ceil(kill_after * 1000) if kill_after else None})
     else:
         click.echo(
             f"acquired {scope_id!r} for {describe_worker(owner.worker, this_node(store))}: expires in "

@@ -45,6 +45,13 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
     "itself stops (crash, kill -9) and ttl has passed. Must be shorter than --ttl.",
 )
 @click.option("--scope", "scope_id", default=None, help="Timer name [default: 'run:' + the command line].")
+@click.option(
+    "--kill-after",
+    type=SECONDS,
+    default=None,
+    help="Also send KILL if the command still runs this long after --signal (like timeout -k) [default: env "
+    "TIMER_REDIS_KILL_AFTER, else never].",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_state
 def run(
@@ -53,6 +60,7 @@ def run(
     signal_name: str | None,
     heartbeat_every: float | None,
     scope_id: str | None,
+    kill_after: float | None,
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND under a timer owned by the command's process; exit with its exit status.
@@ -72,6 +80,7 @@ def run(
     Examples:
       timerctl run --ttl 30 -- ./train_step.sh --epoch 3
       timerctl run --ttl 10m --signal TERM --heartbeat-every 1m -- rsync -a src/ dst/
+      timerctl run --ttl 1h --signal TERM --kill-after 30s -- ./train.sh
     """
     store = state.store
     signal_number = parse_signal(signal_name) if signal_name is not None else store.settings.signal
@@ -82,7 +91,8 @@ def run(
     child = start(command, child_env(state, scope_id))
     worker = Owner.of_pid(child.pid, store.settings.node).worker_id
     try:
-        deadline_ms = store.acquire(worker, scope_id, ttl, signal=signal_number)
+        kill_after = kill_after if kill_after is not None else store.settings.kill_after
+        deadline_ms = store.acquire(worker, scope_id, ttl, signal=signal_number, kill_after=kill_after)
     except TimerRedisError:
         child.kill()
         child.wait()

@@ -26,6 +26,8 @@ from .base import StoreBase
 
 # The name of the stream field that holds a batch of orders (claim_expired.lua), one line each.
 ORDERS_FIELD = b"o1"
+# The field of a batch of kill steps (escalate.lua): delivered orders whose grace is over, the same lines.
+KILL_FIELD = b"k1"
 # A signed timer's deadline is on the server clock; phase 1 of a claim reads the workers due by this process'
 # estimate of it, plus this margin (the script checks each against TIME).
 CLAIM_MARGIN_MS = 20
@@ -91,8 +93,8 @@ _ORDER = re.compile(
 )
 
 
-def parse_order(entry_id: str, line: str) -> DeliveryOrder:
-    """One order line (claim_expired.lua's format).
+def parse_order(entry_id: str, line: str, step: str = "signal") -> DeliveryOrder:
+    """One order line (claim_expired.lua's format), for ``step`` ("signal", or "kill": its escalation).
 
     Raises:
         ValueError: the line is not an order.
@@ -122,6 +124,7 @@ def parse_order(entry_id: str, line: str) -> DeliveryOrder:
         group or None,
         mac,
         line,
+        step,
     )
 
 
@@ -134,8 +137,11 @@ def parse_entry(entry_id: Any, fields: Any, shard: int = 0) -> DeliveryEntry:
     else:
         pairs = list(zip(fields[::2], fields[1::2], strict=False)) if isinstance(fields, list) else []
     batch = next((value for name, value in pairs if name == ORDERS_FIELD), None)
+    step = "signal"
+    if batch is None:
+        batch, step = next((value for name, value in pairs if name == KILL_FIELD), None), "kill"
     if not isinstance(batch, bytes):
-        entry.malformed.append(MalformedOrder(entry.entry_id, "an entry without an 'o1' field of orders"))
+        entry.malformed.append(MalformedOrder(entry.entry_id, "an entry without an 'o1' (or 'k1') field of orders"))
         return entry
     try:
         lines = batch.decode().split("\n")
@@ -144,7 +150,7 @@ def parse_entry(entry_id: Any, fields: Any, shard: int = 0) -> DeliveryEntry:
         return entry
     for line in lines:
         try:
-            entry.orders.append(parse_order(entry.entry_id, line))
+            entry.orders.append(parse_order(entry.entry_id, line, step))
         except ValueError:  # InvalidArgumentError is one
             entry.malformed.append(MalformedOrder(entry.entry_id, f"not an order: {line[:120]!r}"))
     return entry
@@ -305,15 +311,14 @@ class WatchdogProtocol(StoreBase):
                 deleted += self.scripts.forget_idle_consumers(self.redis, keys, node, DELIVERY_GROUP, min_idle_ms, keep)
         return deleted
 
-    def finish_deliveries(
-        self, node: str, entries: Sequence[tuple[str, Sequence[Sequence[Any]], str]], *, shard: int = 0
-    ) -> Flags:
+    def finish_deliveries(self, node: str, entries: Sequence[tuple[Any, ...]], *, shard: int = 0) -> Flags:
         """Acknowledge entries of ``node``'s stream in one shard and write their outcome events, in one round trip.
 
         Args:
             node: whose stream.
-            entries: (entry id, events, again) triples; each event a flat field, value, ... sequence, "type" first;
-                ``again``: order lines to put back on the stream as a new entry ("" for none).
+            entries: (entry id, events, again[, escalations]); each event a flat field, value, ... sequence, "type"
+                first; ``again``: order lines to put back on the stream as a new entry ("" for none);
+                ``escalations``: (due ms, order line) pairs whose KILL is scheduled (escalation.py).
             shard: the shard the entries were read from (``DeliveryEntry.shard``).
 
         Returns:
