@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 
 from .api import TimerClient
+from .dumps import install_dump_handler
 from .errors import InvalidArgumentError
-from .keys import check_scope_id
+from .keys import check_group, check_scope_id, parse_worker_id
 from .process import Owner, check_pid
-from .settings import TimerSettings, url_from_env
+from .records import WorkerOptions
+from .settings import TimerSettings, parse_signal, url_from_env
 from .store import TimerStore
 from .store.timers import WorkerCalls
 from .validation import seconds_to_ms, timestamp
@@ -74,6 +77,11 @@ class RedisTimerClient(TimerClient):
         kill_after: seconds after its signal at which this process, if still alive, gets SIGKILL (escalation, like
             GNU timeout's ``--kill-after``; default ``TIMER_REDIS_KILL_AFTER``, else none). Meant for a ``signal``
             the process may handle, such as TERM.
+        dump_signal: a signal on which this process writes the Python stacks of all its threads for the watchdog,
+            which asks for them before the timer's signal (``dumps.py``; default ``TIMER_REDIS_DUMP_SIGNAL``, else
+            no dumps). A signal the program does not use itself: USR1, say.
+        group: this process' group (``groups.py``): when the timer of any member expires, every member is signalled
+            (default ``TIMER_REDIS_GROUP``, else none).
     """
 
     supports_kill_after = True
@@ -92,6 +100,8 @@ class RedisTimerClient(TimerClient):
         clock: Callable[[], float] = time.time,
         secret: bytes | str | None = None,
         kill_after: float | None = None,
+        dump_signal: int | str | None = None,
+        group: str | None = None,
     ) -> None:
         if store is None:
             settings = settings or TimerSettings.from_env(namespace=namespace, signal=signal)
@@ -99,7 +109,10 @@ class RedisTimerClient(TimerClient):
         elif namespace is not None and namespace != store.keys.namespace:
             raise InvalidArgumentError(f"namespace {namespace!r} differs from the store's {store.keys.namespace!r}")
         self.store = store
-        self._options = store.worker_options(signal)
+        settings = store.settings
+        dump_signal = settings.dump_signal if dump_signal is None else parse_signal(dump_signal)
+        group = settings.group if group is None else check_group(group)
+        self._options = WorkerOptions(store.worker_options(signal).signal, dump_signal, group)
         kill_after = store.settings.kill_after if kill_after is None else kill_after
         self._kill_after_ms = seconds_to_ms("kill_after", kill_after) if kill_after is not None else 0
         self._wait = store.settings.strict if strict is None else strict
@@ -156,7 +169,7 @@ class RedisTimerClient(TimerClient):
         """Start (or replace) the timer of ``scope_id``, due ``ttl`` seconds from now (no clock involved)."""
         kill_after = self._kill_after_ms / 1000 if self._kill_after_ms else None
         self.store.acquire(
-            self.worker_id(), scope_id, ttl, signal=self._options.signal, kill_after=kill_after, wait=self._wait
+            self.worker_id(), scope_id, ttl, kill_after=kill_after, wait=self._wait, options=self._options
         )
 
     def release(self, scope_id: str) -> None:
@@ -166,8 +179,18 @@ class RedisTimerClient(TimerClient):
         commands.release(scope_id, self._wait)  # type: ignore[union-attr]
 
     def _commands_of(self, pid: int) -> WorkerCalls:
-        commands = self.store.worker_commands(self.worker_id(), self._options)
+        """The packed calls of this process' worker, made on its first acquire or release (again after a fork):
+        with them, this process' dump handler and its membership of its group."""
+        worker = self.worker_id()
+        commands = self.store.worker_commands(worker, self._options)
         self._commands, self._commands_pid = commands, pid
+        if self._options.dump_signal is not None and self._fixed_pid is None:
+            try:
+                install_dump_handler(
+                    self._options.dump_signal, parse_worker_id(worker)[2], self.store.settings.dump_dir
+                )
+            except OSError as error:
+                warnings.warn(f"no stack dumps for this process: {error}", RuntimeWarning, stacklevel=3)
         return commands
 
     def flush(self) -> None:

@@ -70,6 +70,9 @@ class TimerSettings:
             sends their signals.
         group: the group of a client's process (groups.py): when one member's timer expires, every member is
             signalled; None: no group.
+        dump_max_bytes: most bytes of one stack dump kept in Redis (the rest is cut, with a marker).
+        dump_max_count: most stack dumps kept per shard; the oldest go first.
+        dump_ttl: seconds a stack dump is kept in Redis.
     """
 
     namespace: str = "default"
@@ -89,13 +92,16 @@ class TimerSettings:
     dump_dir: str | None = None
     dump_timeout: float = 2.0
     group: str | None = None
+    dump_max_bytes: int = 64 * 1024
+    dump_max_count: int = 1000
+    dump_ttl: float = 7 * 24 * 3600.0
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
         object.__setattr__(self, "signal", parse_signal(self.signal))
-        for name in ("max_interval", "lease", "socket_timeout", "node_retention"):
+        for name in ("max_interval", "lease", "socket_timeout", "node_retention", "dump_ttl"):
             seconds(name, getattr(self, name))
-        for name in ("claim_batch", "events_maxlen"):
+        for name in ("claim_batch", "events_maxlen", "dump_max_bytes", "dump_max_count"):
             whole_number(name, getattr(self, name))
         check_shards(self.shards)
         seconds("dump_timeout", self.dump_timeout)

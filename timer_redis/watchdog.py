@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .delivery import DeliveryOrder, DeliveryResult, Outcome, Refusal, SignalPolicy, deliver, screen
+from .dumps import Dump, collect_dumps, wants_dump
 from .errors import AuthenticationError, StoreUnavailableError, TimerRedisError
 from .escalation import escalation_due_ms
 from .history import record_sample
@@ -60,6 +61,8 @@ class PassResult:
     """What this pass found in its node's stream that is not an order (reported, then acknowledged)."""
     escalated: int = 0
     """Escalations this pass moved to their node's stream as kill steps (any node's)."""
+    dumps: list[Dump] = field(default_factory=list)
+    """The stack dumps this pass took before its signals, and those it could not take (``Dump.missing``)."""
 
 
 class WatchdogObserver(Protocol):
@@ -207,6 +210,10 @@ class Watchdog:
         finished: list[tuple[str, list[list[Any]], str, list[tuple[int, str]]]] = []
         shards: list[int] = []  # per entry in `finished`, the shard it came from
         owners: list[int] = []  # per delivered order, the index of its entry in `finished`
+        # Dumps first, of every order of the pass together, so that no signal comes before any dump. Only when this
+        # replica signals itself: a custom deliverer (a benchmark's recorder, torch's reaping) sends no dump signal.
+        dumps = self.take_dumps(entries) if carry_out == self.carry_out else {}
+        taken: list[tuple[int, Dump, str, str]] = []
         for entry in entries:
             events: list[list[Any]] = []
             again: list[str] = []
@@ -219,7 +226,12 @@ class Watchdog:
                     continue
                 result.delivered.append((order, outcome))
                 owners.append(len(finished))
-                events.append(self._outcome_event(order, outcome))
+                event = self._outcome_event(order, outcome)
+                dump = dumps.get(id(order))
+                if dump is not None:
+                    event += ["dump_missing", dump.missing] if dump.missing else ["dump", dump.dump_id]
+                    taken.append((entry.shard, dump, order.worker, order.scope_id))
+                events.append(event)
                 due_ms = escalation_due_ms(order, outcome)
                 if due_ms is not None:
                     escalations.append((due_ms, order.line))
@@ -238,6 +250,28 @@ class Watchdog:
                                                                       shard=shard), strict=True):  # fmt: skip
                 flags[index] = flag
         result.finished = [flags[index] for index in owners]
+        result.dumps = [dump for _, dump, _, _ in taken]
+        if any(not dump.missing for _, dump, _, _ in taken):
+            try:
+                self.store.save_dumps(taken)
+            except TimerRedisError as error:  # the signals are sent and acknowledged: a lost dump must not undo that
+                log.warning("could not store %d stack dump(s): %s", len(taken), error)
+
+    def take_dumps(self, entries: list[DeliveryEntry]) -> dict[int, Dump]:
+        """The stack dumps the orders of ``entries`` ask for (``dumps.collect_dumps``), by ``id()`` of the order,
+        all taken together within ``settings.dump_timeout``."""
+        orders = [order for entry in entries for order in entry.orders if wants_dump(order) and order.node == self.node]
+        if not orders:
+            return {}
+        return collect_dumps(
+            orders,
+            self.policy,
+            now_ms=self.server_now_ms,
+            timeout=self.settings.dump_timeout,
+            max_bytes=self.settings.dump_max_bytes,
+            dump_dir=self.settings.dump_dir,
+            verify=self.verifier(),
+        )
 
     def server_now_ms(self) -> int:
         """Now on the Redis clock, from the last claim's TIME and this process' monotonic clock since."""

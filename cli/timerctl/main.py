@@ -25,6 +25,7 @@ from timer_redis.settings import DEFAULT_URL, parse_signal
 from .context import EXIT_INVALID, SECONDS, CliError, CliState, pass_state
 from .dashboard import dashboard
 from .demo import demo
+from .dumps import dump
 from .group import TimerctlGroup
 from .owners import (
     command_line,
@@ -825,5 +826,6 @@ def unwatched_nodes(store: TimerStore, data: dict[str, Any]) -> dict[str, int]:
 
 
 cli.add_command(run)
+cli.add_command(dump)
 cli.add_command(demo)
 cli.add_command(dashboard)

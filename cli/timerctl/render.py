@@ -113,6 +113,12 @@ def event_summary(event: Event) -> str:
         what = fields["scope_id"] + (f": {fields['detail']}" if fields.get("detail") else "")
         if "lag_ms" in fields:
             what += f" (lag {fields['lag_ms']} ms)"
+        if fields.get("step") == "kill":
+            what += " [kill step]"
+        if "dump" in fields:
+            what += f"; dump {fields['dump']}"
+        elif "dump_missing" in fields:
+            what += f"; no dump: {fields['dump_missing']}"
     else:
         what = " ".join(f"{key}={value!r}" for key, value in fields.items() if key not in ("type", "worker"))
     owner = f"{who(fields['worker'])}  " if "worker" in fields else ""

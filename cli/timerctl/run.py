@@ -13,6 +13,7 @@ import click
 
 from timer_redis import Owner, StoreUnavailableError, TimerNotFoundError, TimerRedisError, TimerStore
 from timer_redis.keys import MAX_SCOPE_BYTES, timer_member
+from timer_redis.records import WorkerOptions
 from timer_redis.settings import parse_signal
 
 from .context import EXIT_INVALID, SECONDS, CliError, CliState, pass_state
@@ -52,6 +53,12 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
     help="Also send KILL if the command still runs this long after --signal (like timeout -k) [default: env "
     "TIMER_REDIS_KILL_AFTER, else never].",
 )
+@click.option(
+    "--dump",
+    is_flag=True,
+    help="Take the command's Python stacks before the signal: through its own handler when it runs our client with "
+    "TIMER_REDIS_DUMP_SIGNAL, else with py-spy when the watchdog has it (`timerctl dump show` prints it).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_state
 def run(
@@ -61,6 +68,7 @@ def run(
     heartbeat_every: float | None,
     scope_id: str | None,
     kill_after: float | None,
+    dump: bool,
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND under a timer owned by the command's process; exit with its exit status.
@@ -80,7 +88,7 @@ def run(
     Examples:
       timerctl run --ttl 30 -- ./train_step.sh --epoch 3
       timerctl run --ttl 10m --signal TERM --heartbeat-every 1m -- rsync -a src/ dst/
-      timerctl run --ttl 1h --signal TERM --kill-after 30s -- ./train.sh
+      timerctl run --ttl 1h --signal TERM --kill-after 30s --dump -- python train.py
     """
     store = state.store
     signal_number = parse_signal(signal_name) if signal_name is not None else store.settings.signal
@@ -92,7 +100,9 @@ def run(
     worker = Owner.of_pid(child.pid, store.settings.node).worker_id
     try:
         kill_after = kill_after if kill_after is not None else store.settings.kill_after
-        deadline_ms = store.acquire(worker, scope_id, ttl, signal=signal_number, kill_after=kill_after)
+        dump_signal = (store.settings.dump_signal or int(signal.SIGUSR1)) if dump else None
+        options = WorkerOptions(signal_number, dump_signal)
+        deadline_ms = store.acquire(worker, scope_id, ttl, kill_after=kill_after, options=options)
     except TimerRedisError:
         child.kill()
         child.wait()

@@ -36,3 +36,30 @@ def exit_on_term(url: str, after: float, kill_after: float) -> None:
     timer.configure(client)
     with timer.expires(after=after):
         time.sleep(60)
+
+
+def stuck_in_known_function() -> None:
+    while True:
+        time.sleep(0.01)
+
+
+def hang_with_dump(url: str, after: float, notes: str, dump_dir: str, handler: bool = True) -> None:
+    """Hang in ``stuck_in_known_function`` under a TERM timer of a client that dumps on USR1. On TERM, note how
+    many bytes the dump file held (the dump came first when it is more than 0) and exit 3. Without ``handler``, a
+    no-op USR1 handler replaces faulthandler's: the record promises a dump that never comes."""
+    from timer_redis import dumps
+
+    def on_term(signum: int, frame: Any) -> None:
+        installed = dumps._installed
+        size = os.path.getsize(installed.path) if installed is not None else -1
+        _note(notes, f"TERM {size}")
+        os._exit(3)
+
+    signal.signal(signal.SIGTERM, on_term)
+    settings = timer.TimerSettings(namespace="test", dump_dir=dump_dir)
+    client = timer.RedisTimerClient(url=url, settings=settings, signal="TERM", dump_signal="USR1", strict=True)
+    timer.configure(client)
+    with timer.expires(after=after):
+        if not handler:
+            signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+        stuck_in_known_function()

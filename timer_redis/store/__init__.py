@@ -18,6 +18,7 @@ from typing import Any
 from ..connection import open_redis
 from ..settings import TimerSettings
 from .audit import AuditTrail, Event
+from .dumps import DumpStore
 from .escalations import EscalationStore
 from .health import FORGET_REPLICA_SECONDS, REPLICA_TIMEOUT_SECONDS, StoreHealth
 from .listing import TimerInfo, TimerListing
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 
-class TimerStore(TimerOperations, TimerListing, WatchdogProtocol, StoreHealth, AuditTrail, EscalationStore):
+class TimerStore(TimerOperations, TimerListing, WatchdogProtocol, StoreHealth, AuditTrail, EscalationStore, DumpStore):
     """Timers of one namespace in one Redis: acquire, release, inspect, claim and deliver.
 
     Args:
