@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import suppress
 
 from .api import TimerClient
 from .dumps import install_dump_handler
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, TimerRedisError
+from .groups import Registration
 from .keys import check_group, check_scope_id, parse_worker_id
 from .process import Owner, check_pid
 from .records import WorkerOptions
@@ -191,7 +194,22 @@ class RedisTimerClient(TimerClient):
                 )
             except OSError as error:
                 warnings.warn(f"no stack dumps for this process: {error}", RuntimeWarning, stacklevel=3)
+        if self._options.group is not None:
+            self._join_group(worker, self._options.group)
         return commands
+
+    def _join_group(self, worker: str, group: str) -> None:
+        """Register this process in its group (a member is signalled when another member's timer expires), and
+        leave it at exit."""
+        registration = Registration(self._options.signal, self._kill_after_ms or None, self._options.dump_signal)
+        self.store.register_member(group, worker, registration)
+        atexit.register(self._leave_group, group, worker, os.getpid())
+
+    def _leave_group(self, group: str, worker: str, pid: int) -> None:
+        if os.getpid() != pid:  # never a parent's membership from a forked child
+            return
+        with suppress(TimerRedisError):
+            self.store.unregister_member(group, worker)
 
     def flush(self) -> None:
         """Wait until Redis has answered every call made so far; raise the first error among the replies."""

@@ -91,6 +91,10 @@ class DeliveryOrder:
     puts back the orders of workers it did not reap)."""
     step: str = "signal"
     """"signal": the timer's own signal; "kill": its escalation, SIGKILL ``kill_after_ms`` after the signal."""
+    trigger: DeliveryOrder | None = field(default=None, repr=False, compare=False)
+    """For a member of a group signalled because another member's timer expired (groups.py): that member's order.
+    Then ``signal``, ``kill_after_ms``, ``dump_signal`` and ``mac`` are the member's registration's, and the
+    deadline is the trigger's."""
 
     @property
     def signal_to_send(self) -> int:

@@ -32,6 +32,7 @@ SCRIPT_NAMES = (
     "forget_idle_consumers",
     "forget_node",
     "escalate",
+    "expand_group",
 )
 # Scripts whose header declares a variable part of KEYS (``KEYS[6..]``): a call passes at least the fixed ones.
 VARIADIC_KEYS = frozenset({"claim_expired", "escalate", "expand_group"})
@@ -253,6 +254,30 @@ class Scripts:
         args += [*nodes, *strays]
         reply: Sequence[Any] = self.run("escalate", client, script_keys, args)
         return reply
+
+    def expand_group(
+        self,
+        client: Any,
+        keys: Keys,
+        group: str,
+        trigger: str,
+        expander: str,
+        maxlen: int,
+        hold_ms: int,
+        members: Sequence[tuple[str, str]],
+    ) -> tuple[int, bool]:
+        """Run expand_group.lua on the group's shard for candidate ``members`` ((worker, node) pairs); returns (how
+        many members were given an order, whether the group had already been expanded)."""
+        nodes = list(dict.fromkeys(node for _, node in members))
+        index = {node: position for position, node in enumerate(nodes, start=1)}
+        script_keys = [keys.group_members(group), keys.group_expired(group), keys.events]
+        script_keys += [keys.deliver(node) for node in nodes]
+        args: list[Any] = [group, trigger, expander, maxlen, keys.wake_channel, hold_ms, len(members), len(nodes)]
+        args += [worker for worker, _ in members]
+        args += [index[node] for _, node in members]
+        args += nodes
+        queued, already = self.run("expand_group", client, script_keys, args)
+        return int(queued), bool(already)
 
     def forget_idle_consumers(self, client: Any, keys: Keys, node: str, group: str, min_idle_ms: int, keep: str) -> int:
         """Run forget_idle_consumers.lua; returns how many consumers were deleted."""

@@ -22,6 +22,7 @@ from .delivery import DeliveryOrder, DeliveryResult, Outcome, Refusal, SignalPol
 from .dumps import Dump, collect_dumps, wants_dump
 from .errors import AuthenticationError, StoreUnavailableError, TimerRedisError
 from .escalation import escalation_due_ms
+from .groups import verify_group_order
 from .history import record_sample
 from .process import default_node
 from .settings import TimerSettings, parse_signal, url_from_env
@@ -61,6 +62,8 @@ class PassResult:
     """What this pass found in its node's stream that is not an order (reported, then acknowledged)."""
     escalated: int = 0
     """Escalations this pass moved to their node's stream as kill steps (any node's)."""
+    group_expansions: int = 0
+    """Groups this pass expanded: a member's signal was delivered and its other members were given orders."""
     dumps: list[Dump] = field(default_factory=list)
     """The stack dumps this pass took before its signals, and those it could not take (``Dump.missing``)."""
 
@@ -232,6 +235,7 @@ class Watchdog:
                     event += ["dump_missing", dump.missing] if dump.missing else ["dump", dump.dump_id]
                     taken.append((entry.shard, dump, order.worker, order.scope_id))
                 events.append(event)
+                self._follow_group(result, order, outcome)
                 due_ms = escalation_due_ms(order, outcome)
                 if due_ms is not None:
                     escalations.append((due_ms, order.line))
@@ -257,6 +261,24 @@ class Watchdog:
             except TimerRedisError as error:  # the signals are sent and acknowledged: a lost dump must not undo that
                 log.warning("could not store %d stack dump(s): %s", len(taken), error)
 
+    def _follow_group(self, result: PassResult, order: DeliveryOrder, outcome: DeliveryResult) -> None:
+        """A delivered signal of a member's own timer expands its group (before the order is acknowledged, so a
+        replica that dies in between leaves it to the one that takes the order over: the expansion is idempotent);
+        a group order whose member is gone removes it from the registry."""
+        if order.group is None or order.step != "signal":
+            return
+        if order.trigger is None and outcome.outcome is Outcome.DELIVERED:
+            queued, already = self.store.expand_group(order.group, order.line, self.replica_id)
+            if not already:
+                result.group_expansions += 1
+                log.info("group %s expanded: %s expired, %d other member(s) signalled", order.group, order.worker,
+                         queued)  # fmt: skip
+        elif order.trigger is not None and outcome.outcome is Outcome.OWNER_GONE:
+            try:
+                self.store.unregister_member(order.group, order.worker)
+            except TimerRedisError as error:
+                log.warning("could not remove gone member %s of group %s: %s", order.worker, order.group, error)
+
     def take_dumps(self, entries: list[DeliveryEntry]) -> dict[int, Dump]:
         """The stack dumps the orders of ``entries`` ask for (``dumps.collect_dumps``), by ``id()`` of the order,
         all taken together within ``settings.dump_timeout``."""
@@ -279,8 +301,12 @@ class Watchdog:
         return server_ms + int((time.monotonic() - at) * 1000)
 
     def _verify(self, order: DeliveryOrder) -> bool:
-        """Whether ``order`` carries the MAC of this namespace's secret over everything that decides its kill."""
+        """Whether ``order`` carries the MAC of this namespace's secret over everything that decides its kill (for
+        a group order: the member's registration, and the order of the member whose timer expired)."""
         assert self.store.signer is not None
+        if order.trigger is not None:
+            trigger_ok = self._verify(order.trigger)
+            return verify_group_order(order, self.store.keys.namespace, self.store.signer, trigger_ok)
         timer = SignedTimer(
             self.store.keys.namespace,
             order.worker,
@@ -328,6 +354,10 @@ class Watchdog:
         ]  # fmt: skip
         if order.kill_after_ms:
             event += ["kill_after_ms", order.kill_after_ms]
+        if order.group is not None:
+            event += ["group", order.group]
+        if order.trigger is not None:
+            event += ["trigger", order.trigger.worker]
         if outcome.reason:
             event += ["reason", outcome.reason]
         if outcome.sent_ms is not None:  # when it was carried out, on the Redis clock; the lag only for a signal

@@ -63,3 +63,18 @@ def hang_with_dump(url: str, after: float, notes: str, dump_dir: str, handler: b
         if not handler:
             signal.signal(signal.SIGUSR1, lambda signum, frame: None)
         stuck_in_known_function()
+
+
+def group_member(url: str, node: str, group: str, hang_after: float | None, ready: Any, secret: Any = None) -> None:
+    """A member of ``group`` on ``node`` under TERM timers: healthy blocks of 5 s, or (``hang_after``) one block
+    that hangs. ``ready`` is set once it is registered (its first acquire)."""
+    settings = timer.TimerSettings(namespace="test", node=node)
+    client = timer.RedisTimerClient(url=url, settings=settings, signal="TERM", group=group, strict=True, secret=secret)
+    timer.configure(client)
+    with timer.expires(after=hang_after or 5):
+        ready.set()
+        while hang_after is not None:
+            time.sleep(0.01)
+    while True:
+        with timer.expires(after=5):
+            time.sleep(0.05)

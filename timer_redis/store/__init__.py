@@ -20,6 +20,7 @@ from ..settings import TimerSettings
 from .audit import AuditTrail, Event
 from .dumps import DumpStore
 from .escalations import EscalationStore
+from .groups import GroupStore
 from .health import FORGET_REPLICA_SECONDS, REPLICA_TIMEOUT_SECONDS, StoreHealth
 from .listing import TimerInfo, TimerListing
 from .protocol import Claim, ClaimResult, WatchdogProtocol
@@ -36,7 +37,8 @@ __all__ = [
 ]
 
 
-class TimerStore(TimerOperations, TimerListing, WatchdogProtocol, StoreHealth, AuditTrail, EscalationStore, DumpStore):
+class TimerStore(TimerOperations, TimerListing, WatchdogProtocol, StoreHealth, AuditTrail, EscalationStore, DumpStore,
+                 GroupStore):  # fmt: skip
     """Timers of one namespace in one Redis: acquire, release, inspect, claim and deliver.
 
     Args:

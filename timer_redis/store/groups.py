@@ -1,0 +1,58 @@
+"""Group timers, the store's side (``groups.py`` says what they do): each group's registry of members, a hash in
+the group's shard, and its expansion (expand_group.lua) when a member's timer expired."""
+
+from __future__ import annotations
+
+from ..groups import GROUP_HOLD_MS, Registration
+from ..keys import Keys, check_group, is_worker_id, node_of, shard_of
+from ..redis_compat import as_text
+from .base import StoreBase
+
+
+class GroupStore(StoreBase):
+    """The group registries of ``TimerStore``."""
+
+    def group_keys(self, group: str) -> Keys:
+        """The keys of the shard that holds ``group``'s registry."""
+        return self.shard_keys[shard_of(check_group(group), len(self.shard_keys))]
+
+    def register_member(self, group: str, worker: str, registration: Registration) -> None:
+        """Add (or renew) ``worker`` in ``group``'s registry; signed with the namespace secret when there is one."""
+        keys = self.group_keys(group)
+        mac = ""
+        if self.signer is not None:
+            mac = self.signer.mac_of(registration.message(self.keys.namespace, group, worker))
+        value = registration.value(self.server_clock.now_ms(), mac)
+        with self.translated_errors(keys.group_members(group)):
+            self.redis.hset(keys.group_members(group), worker, value)
+
+    def unregister_member(self, group: str, worker: str) -> None:
+        """Remove ``worker`` from ``group``'s registry (a no-op when it is not there)."""
+        keys = self.group_keys(group)
+        with self.translated_errors(keys.group_members(group)):
+            self.redis.hdel(keys.group_members(group), worker)
+
+    def group_members(self, group: str) -> dict[str, str]:
+        """The registered members of ``group``: worker id -> registration, as Redis holds them."""
+        keys = self.group_keys(group)
+        with self.translated_errors(keys.group_members(group)):
+            data = self.redis.hgetall(keys.group_members(group))
+        return {as_text(k): as_text(v) for k, v in data.items()}
+
+    def expand_group(self, group: str, trigger_line: str, expander: str) -> tuple[int, bool]:
+        """Queue one order per other member of ``group`` on its node's stream, unless the group was expanded within
+        ``GROUP_HOLD_MS`` (expand_group.lua). Members whose id is no worker id are removed.
+
+        Returns:
+            (members given an order, whether the group had already been expanded).
+        """
+        keys = self.group_keys(group)
+        members = list(self.group_members(group))
+        strays = [m for m in members if not is_worker_id(m)]
+        if strays:
+            with self.translated_errors(keys.group_members(group)):
+                self.redis.hdel(keys.group_members(group), *strays)
+        candidates = [(m, node_of(m)) for m in members if is_worker_id(m)]
+        with self.translated_errors(keys.group_members(group)):
+            return self.scripts.expand_group(self._raw, keys, group, trigger_line, expander,
+                                             self.settings.events_maxlen, GROUP_HOLD_MS, candidates)  # fmt: skip
