@@ -67,6 +67,12 @@ class WatchdogMetrics:
     - ``claim_seconds`` (histogram): one claim round trip.
     - ``redis_errors_total{error}`` (counter): failed passes by exception class (``StoreUnavailableError`` while
       Redis is unreachable).
+    - ``escalations_sent_total`` (counter): KILLs this replica sent after a grace (``kill_after``), and
+      ``escalations_moved_total``: due escalations this replica queued for their node (any node's).
+    - ``dumps_total{result}`` (counter): stack dumps this replica asked for, ``taken`` or ``missing``.
+    - ``group_expansions_total`` (counter): groups this replica expanded (a member's signal delivered, the others
+      given orders).
+    - ``pending_escalations`` (gauge): KILLs scheduled in the namespace and not sent yet (with the namespace gauges).
 
     Args:
         store: whose live timers the gauge counts; None leaves the gauge out.
@@ -101,6 +107,20 @@ class WatchdogMetrics:
         self.redis_errors = prometheus.Counter(
             "redis_errors", "Failed watchdog passes, by exception class.", ["error"], **names
         )
+        self.escalations_sent = prometheus.Counter(
+            "escalations_sent", "KILLs sent by this replica after a grace (kill_after).", **names
+        )
+        self.escalations_moved = prometheus.Counter(
+            "escalations_moved", "Due escalations this replica queued for their node.", **names
+        )
+        self.dumps = prometheus.Counter(
+            "dumps", "Stack dumps asked for, by result (taken, missing).", ["result"], **names
+        )
+        for label in ("taken", "missing"):
+            self.dumps.labels(label)
+        self.group_expansions = prometheus.Counter(
+            "group_expansions", "Groups expanded by this replica after a member's signal.", **names
+        )
 
     # -- the WatchdogObserver protocol ---------------------------------------------------------------------------
 
@@ -109,10 +129,16 @@ class WatchdogMetrics:
         self.claims.inc(len(result.claimed))
         self.claim_time.observe(result.claim_seconds)
         self.takeovers.inc(result.taken_over)
+        self.escalations_moved.inc(result.escalated)
+        self.group_expansions.inc(result.group_expansions)
+        for dump in result.dumps:
+            self.dumps.labels("missing" if dump.missing else "taken").inc()
         for (order, outcome), finished in zip(result.delivered, result.finished, strict=False):
             if not finished:
                 continue
             self.deliveries.labels(outcome.outcome.value).inc()
+            if order.step == "kill" and outcome.outcome is Outcome.DELIVERED:
+                self.escalations_sent.inc()
             if outcome.outcome is Outcome.DELIVERED and outcome.sent_ms is not None:
                 self.detection_lag.observe(max(0.0, (outcome.sent_ms - order.deadline_ms) / 1000))
 
@@ -184,7 +210,9 @@ class NamespaceCollector:
         )
         for node, count in sorted(stats.get("pending_deliveries", {}).items()):
             pending.add_metric([node], float(count))
+        escalations = stats.get("pending_escalations", math.nan)
         return [
+            gauge("pending_escalations", "KILLs scheduled and not sent yet (kill_after).", float(escalations)),
             gauge("live_timers", "Timers in the namespace (due or not), read at scrape time.", float(live)),
             gauge("due_timers", "Timers past their deadline and not yet claimed by a replica.", float(due)),
             pending,

@@ -791,6 +791,8 @@ def stats(state: CliState, replica_timeout: float) -> None:
     click.echo(f"due timers          {data['due_timers']}")
     click.echo(f"next deadline       {in_or_overdue(earliest - now_ms) if earliest is not None else '-'}")
     click.echo(f"stuck nodes         {', '.join(data['stuck_nodes']) or 'none'}")
+    click.echo(f"pending KILLs       {data.get('pending_escalations', 0)}")
+    click.echo(f"stack dumps kept    {data.get('dumps_kept', 0)}")
     nodes = sorted(data["nodes"].items())
     if nodes:
         click.echo("")

@@ -106,6 +106,9 @@ def event_summary(event: Event) -> str:
     kind = event.type or "?"
     if kind == "released":
         what = f"{plural(_int(fields.get('count')), 'timer')} cleared (reason: {fields.get('reason') or '-'})"
+    elif kind == "group-expired":
+        what = (f"group {fields.get('group', '?')}: {fields.get('scope_id', '?')} expired; "
+                f"{plural(_int(fields.get('count')), 'other member')} signalled")  # fmt: skip
     elif kind == "expired":
         late = _int(fields.get("claimed_ms")) - _int(fields.get("deadline_ms"))
         what = f"{fields.get('scope_id', '?')}: claimed {late} ms after its deadline"

@@ -114,3 +114,28 @@ def test_a_signed_kill_step_is_refused_before_deadline_plus_grace() -> None:
     dog.run_once()
     assert [o.step for o in recorder.orders] == ["signal"], "the KILL is not sent early"
     assert [e.fields["reason"] for e in store.events() if e.type == "refused"] == [Refusal.NOT_DUE.value]
+
+
+def test_metrics_count_escalations_and_stats_show_the_pending_ones(store: TimerStore) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from timer_redis.metrics import WatchdogMetrics
+
+    metrics = WatchdogMetrics(store)
+    expire(store, Owner("node-a", 4242, 77), 0.03)
+    recorder = Recorder()
+    dog = Watchdog(store=store, node="node-a", deliverer=recorder, metrics=metrics, rng=random.Random(7))
+    dog.run_once()
+    assert store.stats()["pending_escalations"] == 1
+    time.sleep(0.05)
+    dog.run_once()
+    found = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for sample in family.samples
+    }
+    assert found[("timer_redis_escalations_sent_total", ())] == 1
+    assert found[("timer_redis_escalations_moved_total", ())] == 1
+    assert found[("timer_redis_pending_escalations", ())] == 0
+    assert found[("timer_redis_dumps_total", (("result", "taken"),))] == 0
+    assert store.stats()["pending_escalations"] == 0 and store.stats()["dumps_kept"] == 0

@@ -66,3 +66,10 @@ class TimerStore(TimerOperations, TimerListing, WatchdogProtocol, StoreHealth, A
         """
         settings = settings or TimerSettings()
         return cls(open_redis(url, settings, **redis_kwargs), namespace, settings=settings, url=url, secret=secret)
+
+    def stats(self, *, replica_timeout: float = REPLICA_TIMEOUT_SECONDS) -> dict[str, Any]:
+        """``StoreHealth.stats``, plus ``pending_escalations`` (KILLs scheduled, not sent yet) and ``dumps_kept``
+        (stack dumps in Redis)."""
+        data = super().stats(replica_timeout=replica_timeout)
+        data.update(self.evidence_stats())
+        return data

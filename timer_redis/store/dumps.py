@@ -84,3 +84,16 @@ class DumpStore(StoreBase):
             if rows:
                 return {as_text(k): as_text(v) for k, v in rows[0][1].items()}
         return None
+
+    def evidence_stats(self) -> dict[str, int]:
+        """``pending_escalations`` and ``dumps_kept`` of the namespace, in one round trip per shard."""
+        pending = kept = 0
+        for keys in self.shard_keys:
+            with self.translated_errors(keys.escalations):
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.zcard(keys.escalations)
+                pipe.zcard(keys.dumps)
+                escalations, dumps = pipe.execute(raise_on_error=False)
+            pending += escalations if isinstance(escalations, int) else 0
+            kept += dumps if isinstance(dumps, int) else 0
+        return {"pending_escalations": pending, "dumps_kept": kept}
