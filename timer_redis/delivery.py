@@ -53,6 +53,8 @@ class Outcome(str, enum.Enum):
     OWNER_GONE = "owner-gone"
     REFUSED = "refused"
     FAILED = "signal-failed"
+    GROUP_SIGNALLED = "group-signalled"
+    """Not signalled for its own timer: it was already given an order as a member of its group (groups.py)."""
 
 
 class Refusal(str, enum.Enum):

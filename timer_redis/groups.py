@@ -6,11 +6,14 @@ A member is known without a live timer: a client with ``group=`` registers its p
 A member killed before it could remove itself stays listed until a group order finds it gone (``owner-gone``: the
 identity check of ``delivery.py`` never signals another process), and it is then forgotten.
 
-When the signal of a member's own timer is delivered, the replica that delivered it expands the group once
-(expand_group.lua: the group is marked as expired for ``GROUP_HOLD_MS``, so members that expire together expand
-it once), queueing one order per other member on its node's stream and writing a ``group-expired`` event.
-Only a delivered signal expands a group: a worker that exited without releasing its timer (``owner-gone``) ended
-by itself, like torch's ``test_exit_before_release``, and taking its whole job down for it would surprise.
+When a member's own timer expires, the replica of its node that is about to signal it (its order screened, its
+process checked to be the worker) expands the group first (expand_group.lua: the group is marked as expired for
+``GROUP_HOLD_MS`` with the set of members signalled, so members that expire together expand it once), queueing one
+order per other member on its node's stream and writing a ``group-expired`` event. Each member is signalled once:
+a member whose own timer expires after it was given a group order is not signalled again (event
+``group-signalled``), and one that was signalled for its own timer is not given a group order. A worker that
+exited without releasing its timer (``owner-gone``) ended by itself, like torch's ``test_exit_before_release``:
+it does not expand its group, since taking its whole job down for it would surprise.
 
 With a namespace secret, a registration carries the member's MAC over everything that decides its signal (the
 namespace, the group, the worker, its signal, kill_after and dump signal), and a group order carries the order of
@@ -29,6 +32,9 @@ from .signing import Signer
 # How long a group stays marked as expired after an expansion: other members' expiries in that time (a whole job
 # hanging at once) do not expand it again.
 GROUP_HOLD_MS = 60_000
+# What expand_group.lua says of the member whose timer expired: the group was expanded now, or before (the member is
+# still to be signalled), or before with an order for this member (it is not signalled twice).
+EXPANDED, ALREADY_EXPANDED, COVERED = 0, 1, 2
 _VERSION = b"timer-redis/group/1"
 
 

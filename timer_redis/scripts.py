@@ -265,9 +265,9 @@ class Scripts:
         maxlen: int,
         hold_ms: int,
         members: Sequence[tuple[str, str]],
-    ) -> tuple[int, bool]:
+    ) -> tuple[int, int]:
         """Run expand_group.lua on the group's shard for candidate ``members`` ((worker, node) pairs); returns (how
-        many members were given an order, whether the group had already been expanded)."""
+        many members were given an order, the state of the trigger: see the script's header)."""
         nodes = list(dict.fromkeys(node for _, node in members))
         index = {node: position for position, node in enumerate(nodes, start=1)}
         script_keys = [keys.group_members(group), keys.group_expired(group), keys.events]
@@ -276,8 +276,8 @@ class Scripts:
         args += [worker for worker, _ in members]
         args += [index[node] for _, node in members]
         args += nodes
-        queued, already = self.run("expand_group", client, script_keys, args)
-        return int(queued), bool(already)
+        queued, state = self.run("expand_group", client, script_keys, args)
+        return int(queued), int(state)
 
     def forget_idle_consumers(self, client: Any, keys: Keys, node: str, group: str, min_idle_ms: int, keep: str) -> int:
         """Run forget_idle_consumers.lua; returns how many consumers were deleted."""

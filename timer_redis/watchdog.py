@@ -22,9 +22,9 @@ from .delivery import DeliveryOrder, DeliveryResult, Outcome, Refusal, SignalPol
 from .dumps import Dump, collect_dumps, wants_dump
 from .errors import AuthenticationError, StoreUnavailableError, TimerRedisError
 from .escalation import escalation_due_ms
-from .groups import verify_group_order
+from .groups import COVERED, EXPANDED, verify_group_order
 from .history import record_sample
-from .process import default_node
+from .process import default_node, read_process
 from .settings import TimerSettings, parse_signal, url_from_env
 from .signing import SignedTimer
 from .store import Claim, TimerStore
@@ -213,16 +213,24 @@ class Watchdog:
         finished: list[tuple[str, list[list[Any]], str, list[tuple[int, str]]]] = []
         shards: list[int] = []  # per entry in `finished`, the shard it came from
         owners: list[int] = []  # per delivered order, the index of its entry in `finished`
-        # Dumps first, of every order of the pass together, so that no signal comes before any dump. Only when this
-        # replica signals itself: a custom deliverer (a benchmark's recorder, torch's reaping) sends no dump signal.
-        dumps = self.take_dumps(entries) if carry_out == self.carry_out else {}
+        # Groups first (a member given a group order already is not signalled again), then the dumps of every order
+        # of the pass together, so that no signal comes before any dump. Only when this replica signals itself: a
+        # custom deliverer (a benchmark's recorder, torch's reaping) sends no dump signal and expands no group.
+        own = carry_out == self.carry_out and self._custom_deliverer is None
+        covered = self.expand_groups(entries, result) if own else set()
+        dumps = self.take_dumps(entries, covered) if own else {}
         taken: list[tuple[int, Dump, str, str]] = []
         for entry in entries:
             events: list[list[Any]] = []
             again: list[str] = []
             escalations: list[tuple[int, str]] = []
             for order in entry.orders:
-                outcome = carry_out(order)
+                outcome: DeliveryResult | None
+                if id(order) in covered:
+                    detail = f"already given an order as a member of group {order.group}: not signalled twice"
+                    outcome = DeliveryResult(Outcome.GROUP_SIGNALLED, detail, sent_ms=self.server_now_ms())
+                else:
+                    outcome = carry_out(order)
                 if outcome is None:
                     if order.step == "signal":  # a kill step is never put back as a signal step
                         again.append(order.line)
@@ -261,28 +269,52 @@ class Watchdog:
             except TimerRedisError as error:  # the signals are sent and acknowledged: a lost dump must not undo that
                 log.warning("could not store %d stack dump(s): %s", len(taken), error)
 
-    def _follow_group(self, result: PassResult, order: DeliveryOrder, outcome: DeliveryResult) -> None:
-        """A delivered signal of a member's own timer expands its group (before the order is acknowledged, so a
-        replica that dies in between leaves it to the one that takes the order over: the expansion is idempotent);
-        a group order whose member is gone removes it from the registry."""
-        if order.group is None or order.step != "signal":
-            return
-        if order.trigger is None and outcome.outcome is Outcome.DELIVERED:
-            queued, already = self.store.expand_group(order.group, order.line, self.replica_id)
-            if not already:
+    def expand_groups(self, entries: list[DeliveryEntry], result: PassResult) -> set[int]:
+        """Expand the group of each member whose own timer expired and which is about to be signalled: its order
+        passed the screening (signal, signature, due) and its process is the worker. Done before the order is
+        acknowledged, so a replica that dies in between leaves it to the one that takes the order over (the
+        expansion is idempotent).
+
+        Returns:
+            ``id()`` of the orders not to signal: their member was given a group order already.
+        """
+        covered: set[int] = set()
+        for order in (o for entry in entries for o in entry.orders):
+            if order.group is None or order.trigger is not None or order.step != "signal" or order.node != self.node:
+                continue
+            if screen(order, self.policy, verify=self.verifier(), server_now_ms=self.server_now_ms()) is not None:
+                continue
+            state = read_process(order.pid)
+            if state is None or state.zombie or state.start_time != order.start_time or state.tgid != order.pid:
+                continue  # gone: its delivery says owner-gone, and a member that ended by itself expands nothing
+            queued, expanded = self.store.expand_group(order.group, order.line, self.replica_id)
+            if expanded == EXPANDED:
                 result.group_expansions += 1
                 log.info("group %s expanded: %s expired, %d other member(s) signalled", order.group, order.worker,
                          queued)  # fmt: skip
-        elif order.trigger is not None and outcome.outcome is Outcome.OWNER_GONE:
+            elif expanded == COVERED:
+                covered.add(id(order))
+        return covered
+
+    def _follow_group(self, result: PassResult, order: DeliveryOrder, outcome: DeliveryResult) -> None:
+        """A group order whose member is gone removes it from the group's registry."""
+        if order.group is not None and order.trigger is not None and outcome.outcome is Outcome.OWNER_GONE:
             try:
                 self.store.unregister_member(order.group, order.worker)
             except TimerRedisError as error:
                 log.warning("could not remove gone member %s of group %s: %s", order.worker, order.group, error)
 
-    def take_dumps(self, entries: list[DeliveryEntry]) -> dict[int, Dump]:
+    def take_dumps(
+        self, entries: list[DeliveryEntry], skip: set[int] | frozenset[int] = frozenset()
+    ) -> dict[int, Dump]:
         """The stack dumps the orders of ``entries`` ask for (``dumps.collect_dumps``), by ``id()`` of the order,
-        all taken together within ``settings.dump_timeout``."""
-        orders = [order for entry in entries for order in entry.orders if wants_dump(order) and order.node == self.node]
+        all taken together within ``settings.dump_timeout``; none for the orders in ``skip``."""
+        orders = [
+            order
+            for entry in entries
+            for order in entry.orders
+            if wants_dump(order) and order.node == self.node and id(order) not in skip
+        ]
         if not orders:
             return {}
         return collect_dumps(

@@ -568,7 +568,7 @@ def in_or_overdue(remaining_ms: int) -> str:
 
 KNOWN_EVENT_TYPES = (
     "expired", "delivered", "owner-gone", "refused", "signal-failed", "released", "malformed",
-    "would-signal", "held", "braked", "group-expired",
+    "would-signal", "held", "braked", "group-expired", "group-signalled",
 )  # fmt: skip
 # Timers looked at to name the nodes that have some, when a --node filter matched nothing.
 NODES_SAMPLE = 1000

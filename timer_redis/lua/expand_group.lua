@@ -1,9 +1,10 @@
--- expand_group.lua: a member's timer expired and its signal was delivered: queue one order per other registered
--- member of its group on that member's node stream, once per group for a while (concurrent expiries of several
--- members expand it once). The caller reads the members and names each node's stream; the script re-reads each
--- member's registration, so only members still registered are signalled.
+-- expand_group.lua: a member's timer expired and its signal is about to be sent: queue one order per other
+-- registered member of its group on that member's node stream, once per group for a while, and signal each member
+-- once: the members signalled are kept, so a member whose own timer expires too is not signalled twice. The caller
+-- reads the members and names each node's stream; the script re-reads each member's registration, so only members
+-- still registered are signalled.
 -- KEYS[1] members   hash    member worker id -> registration "<signal> <kill_after_ms> <dump_signal> <ms> <mac>"
--- KEYS[2] expired   string  set while the group is being taken down (PX hold_ms): the expansion is not repeated
+-- KEYS[2] expired   set     while the group is being taken down (PX hold_ms): every member signalled so far
 -- KEYS[3] events    stream  audit trail, capped with MAXLEN ~
 -- KEYS[4..3+n]      stream  the delivery stream of each node, in the order of ARGV's nodes
 -- ARGV[1] group     the group's name (no whitespace)
@@ -17,7 +18,9 @@
 -- ARGV[9..8+m]      each candidate member's worker id
 -- ARGV[9+m..8+2m]   each candidate's node: an index 1..n into the node names below
 -- ARGV[9+2m..]      each node's name
--- Returns  {queued, already (1/0)}: how many members were given an order; 1 when the group was already expanded
+-- Returns  {queued, state}: how many members were given an order; state 0: expanded now, the trigger is to be
+--          signalled; 1: expanded before, the trigger was not signalled yet (it is now counted, and is to be
+--          signalled); 2: expanded before and the trigger was given an order then: it is not to be signalled again
 -- Errors   "BAD_ARG <name> <value>" (nothing is changed then); "WRONGTYPE <key> <type>"
 -- Orders   one XADD per node, field "g1": per member "<member> <now_ms> <expander> <signal> <kill_after_ms>
 --          <dump_signal> <group> <mac> <trigger order line>", fields separated by tabs
@@ -45,13 +48,17 @@ if not is_token(expander) then return bad_arg('expander', expander) end
 if string.find(trigger, '\n', 1, true) then return bad_arg('trigger', 'holds a newline') end
 if #KEYS ~= 3 + node_count then return bad_arg('keys', #KEYS) end
 if #ARGV < 8 + 2 * member_count + node_count then return bad_arg('argv', #ARGV) end
-local structure = {{members_key, 'hash'}, {expired_key, 'string'}, {events_key, 'stream'}}
+local structure = {{members_key, 'hash'}, {expired_key, 'set'}, {events_key, 'stream'}}
 for i = 1, node_count do structure[#structure + 1] = {KEYS[3 + i], 'stream'} end
 local failed = check_types(structure)
 if failed then return failed end
 
-if redis.call('EXISTS', expired_key) == 1 then return {0, 1} end
 local trigger_worker = string.match(trigger, '^([^\t]+)\t')
+if not trigger_worker then return bad_arg('trigger', string.sub(trigger, 1, 120)) end
+if redis.call('EXISTS', expired_key) == 1 then
+  if redis.call('SADD', expired_key, trigger_worker) == 0 then return {0, 2} end
+  return {0, 1}
+end
 local trigger_scope = string.match(trigger, '^[^\t]+\t[^\t]+\t[^\t]+\t([^\t]+)\t') or ''
 local now = now_ms()
 local now_text = int_text(now)
@@ -65,13 +72,15 @@ for i = 1, member_count do
   local member = ARGV[first_member + i - 1]
   local node_index = to_int(ARGV[first_index + i - 1], 1)
   local registration = redis.call('HGET', members_key, member)
-  if registration and member ~= trigger_worker and node_index and node_index <= node_count then
+  if registration and member ~= trigger_worker and node_index and node_index <= node_count
+      and not signalled[member] then
     local signal, kill_after, dump_signal, mac = string.match(registration, REGISTRATION)
     if signal and #signal <= 3 and #kill_after <= 15 and #dump_signal <= 3 and is_token(member) then
       lines[node_index] = lines[node_index] or {}
       table.insert(lines[node_index], table.concat({member, now_text, expander, signal, kill_after, dump_signal,
         group, mac, trigger}, '\t'))
       signalled[#signalled + 1] = member
+      signalled[member] = true
     else
       doomed[#doomed + 1] = member
       events[#events + 1] = {'type', 'malformed', 'key', members_key, 'detail',
@@ -80,7 +89,10 @@ for i = 1, member_count do
   end
 end
 
-redis.call('SET', expired_key, trigger_worker or '?', 'PX', hold_ms)
+local covered = {trigger_worker}
+for _, member in ipairs(signalled) do covered[#covered + 1] = member end
+call_in_chunks('SADD', expired_key, covered)
+redis.call('PEXPIRE', expired_key, hold_ms)
 call_in_chunks('HDEL', members_key, doomed)
 for index, batch in pairs(lines) do
   redis.call('XADD', KEYS[3 + index], '*', 'g1', table.concat(batch, '\n'))
@@ -88,7 +100,7 @@ for index, batch in pairs(lines) do
 end
 local listed = {}
 for i = 1, math.min(#signalled, 50) do listed[i] = signalled[i] end
-events[#events + 1] = {'type', 'group-expired', 'group', group, 'worker', trigger_worker or '?', 'scope_id',
+events[#events + 1] = {'type', 'group-expired', 'group', group, 'worker', trigger_worker, 'scope_id',
   trigger_scope, 'members', table.concat(listed, ' '), 'count', int_text(#signalled), 'expander', expander}
 for _, event in ipairs(events) do
   redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', unpack(event))

@@ -3,10 +3,14 @@ the group's shard, and its expansion (expand_group.lua) when a member's timer ex
 
 from __future__ import annotations
 
+import logging
+
 from ..groups import GROUP_HOLD_MS, Registration
 from ..keys import Keys, check_group, is_worker_id, node_of, shard_of
 from ..redis_compat import as_text
 from .base import StoreBase
+
+log = logging.getLogger(__name__)
 
 
 class GroupStore(StoreBase):
@@ -39,17 +43,20 @@ class GroupStore(StoreBase):
             data = self.redis.hgetall(keys.group_members(group))
         return {as_text(k): as_text(v) for k, v in data.items()}
 
-    def expand_group(self, group: str, trigger_line: str, expander: str) -> tuple[int, bool]:
+    def expand_group(self, group: str, trigger_line: str, expander: str) -> tuple[int, int]:
         """Queue one order per other member of ``group`` on its node's stream, unless the group was expanded within
-        ``GROUP_HOLD_MS`` (expand_group.lua). Members whose id is no worker id are removed.
+        ``GROUP_HOLD_MS`` (expand_group.lua). Members whose id is no worker id are removed, with a log line.
 
         Returns:
-            (members given an order, whether the group had already been expanded).
+            (members given an order, ``EXPANDED``, ``ALREADY_EXPANDED`` or ``COVERED``: the trigger was given a
+            group order already and is not to be signalled again).
         """
         keys = self.group_keys(group)
         members = list(self.group_members(group))
         strays = [m for m in members if not is_worker_id(m)]
         if strays:
+            log.warning("group %s: %d registered member(s) that are no worker ids, removed: %r", group, len(strays),
+                        strays[:3])  # fmt: skip
             with self.translated_errors(keys.group_members(group)):
                 self.redis.hdel(keys.group_members(group), *strays)
         candidates = [(m, node_of(m)) for m in members if is_worker_id(m)]
