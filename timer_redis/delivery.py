@@ -66,6 +66,7 @@ class Refusal(str, enum.Enum):
     NEVER_SIGNALLED = "never-signalled"
     UID_NOT_ALLOWED = "uid-not-allowed"
     OTHER_NODE = "other-node"
+    STALE_GROUP_ORDER = "stale-group-order"
 
 
 @dataclass(slots=True)
@@ -97,6 +98,8 @@ class DeliveryOrder:
     """For a member of a group signalled because another member's timer expired (groups.py): that member's order.
     Then ``signal``, ``kill_after_ms``, ``dump_signal`` and ``mac`` are the member's registration's, and the
     deadline is the trigger's."""
+    registered_ms: int = 0
+    """For a group order: when its member registered in the group (Redis clock)."""
 
     @property
     def signal_to_send(self) -> int:
@@ -209,6 +212,10 @@ def screen(
         return _refused(Refusal.SIGNAL_NOT_ALLOWED, f"{name} is not among the allowed signals ({allowed})")
     if order.step == "kill" and not order.kill_after_ms:
         return _refused(Refusal.NOT_DUE, "a kill step of an order without kill_after: never due")
+    trigger = order.trigger
+    if trigger is not None and trigger.deadline_ms + DUE_TOLERANCE_MS < order.registered_ms:
+        detail = f"the timer of {trigger.worker} expired before this member joined group {order.group}"
+        return _refused(Refusal.STALE_GROUP_ORDER, detail)
     if verify is not None:
         if not verify(order):
             return _refused(Refusal.BAD_SIGNATURE, "the order is not signed with this namespace's secret")

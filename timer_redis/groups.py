@@ -18,7 +18,9 @@ it does not expand its group, since taking its whole job down for it would surpr
 With a namespace secret, a registration carries the member's MAC over everything that decides its signal (the
 namespace, the group, the worker, its signal, kill_after and dump signal), and a group order carries the order of
 the member whose timer expired, with its own MAC: a watchdog signals a member only when both verify, so a Redis
-writer without the secret can neither add a member nor expand a group.
+writer without the secret can neither add a member nor expand a group. The registration's time is signed too, and
+a group order whose member expired before this member registered (an old order replayed against a group formed
+again under the same name) is refused.
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ class Registration:
     kill_after_ms: int | None = None
     dump_signal: int | None = None
 
-    def message(self, namespace: str, group: str, worker: str) -> bytes:
-        """What a registration's MAC covers."""
+    def message(self, namespace: str, group: str, worker: str, registered_ms: int) -> bytes:
+        """What a registration's MAC covers (``registered_ms``: a group order whose member expired before this
+        member registered is a replay, refused by ``delivery.screen``)."""
         optional = ("" if v is None else str(v) for v in (self.kill_after_ms, self.dump_signal))
-        return _VERSION + b"\0" + "\0".join((namespace, group, worker, str(self.signal), *optional)).encode()
+        fields = (namespace, group, worker, str(self.signal), *optional, str(registered_ms))
+        return _VERSION + b"\0" + "\0".join(fields).encode()
 
     def value(self, registered_ms: int, mac: str = "") -> str:
         """The registry's value for this member (expand_group.lua reads it)."""
@@ -63,5 +67,5 @@ def verify_group_order(order: DeliveryOrder, namespace: str, signer: Signer, ver
     if order.trigger is None or order.group is None or not verify_trigger:
         return False
     registration = Registration(order.signal, order.kill_after_ms, order.dump_signal)
-    expected = signer.mac_of(registration.message(namespace, order.group, order.worker))
+    expected = signer.mac_of(registration.message(namespace, order.group, order.worker, order.registered_ms))
     return hmac.compare_digest(expected.encode(), order.mac.encode(errors="replace"))

@@ -114,6 +114,6 @@ def test_a_forged_member_or_group_order_never_signals(redis_url: str, sleepers: 
     assert "garbage" not in store.group_members("job-7")
     # An order forged straight into the node's stream, with a trigger of another group, does not even parse.
     trigger = f"{victim_worker}\t1\tx\ts\t1\t1\t15\t\t\tjob-8\t"
-    store.redis.xadd(store.keys.deliver("node-a"), {"g1": f"{victim_worker}\t1\tx\t15\t\t\tjob-7\t\t{trigger}"})
+    store.redis.xadd(store.keys.deliver("node-a"), {"g1": f"{victim_worker}\t1\tx\t15\t\t\tjob-7\t1\t\t{trigger}"})
     result = dog.run_once()
     assert result.delivered == [] and len(result.malformed) == 1 and victim.poll() is None

@@ -53,10 +53,11 @@ def test_a_registration_that_does_not_parse_is_reported_and_removed(store: Timer
 @pytest.mark.parametrize(
     "line",
     [
-        f"{B}\t1\tx\t15\t\t\tjob\t\t{trigger_line(A, 'other-job')}",  # a trigger of another group
-        f"{B}\t1\tx\t15\t\t\tjob\t\t{trigger_line(B)}",  # its own trigger
-        f"{B}\t1\tx\t0\t\t\tjob\t\t{trigger_line(A)}",  # signal 0
-        f"{B}\t1\tx\t15\t\t\tjob\t\tgarbage",
+        f"{B}\t1\tx\t15\t\t\tjob\t1\t\t{trigger_line(A, 'other-job')}",  # a trigger of another group
+        f"{B}\t1\tx\t15\t\t\tjob\t1\t\t{trigger_line(B)}",  # its own trigger
+        f"{B}\t1\tx\t0\t\t\tjob\t1\t\t{trigger_line(A)}",  # signal 0
+        f"{B}\t1\tx\t15\t\t\tjob\t1\t\tgarbage",
+        f"{B}\t1\tx\t15\t\t\tjob\t\t{trigger_line(A)}",  # no registration time
     ],
 )
 def test_a_group_order_parses_only_with_a_trigger_of_another_member_of_its_group(line: str) -> None:
@@ -74,3 +75,13 @@ def test_the_registry_lives_in_the_group_shard(fake_redis: object) -> None:
     assert store.redis.hexists(key, A)
     store.unregister_member("job", A)
     assert store.group_members("job") == {}
+
+
+def test_a_group_order_whose_trigger_expired_before_the_member_joined_is_refused() -> None:
+    from timer_redis.delivery import Refusal, SignalPolicy, screen
+
+    fresh = parse_group_order("1-0", f"{B}\t1\tx\t15\t\t\tjob\t900\t\t{trigger_line(A)}")
+    assert screen(fresh, SignalPolicy()) is None
+    stale = parse_group_order("1-0", f"{B}\t1\tx\t15\t\t\tjob\t5000\t\t{trigger_line(A)}")
+    refusal = screen(stale, SignalPolicy())
+    assert refusal is not None and refusal.reason == Refusal.STALE_GROUP_ORDER.value

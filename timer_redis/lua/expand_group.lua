@@ -23,7 +23,7 @@
 --          signalled); 2: expanded before and the trigger was given an order then: it is not to be signalled again
 -- Errors   "BAD_ARG <name> <value>" (nothing is changed then); "WRONGTYPE <key> <type>"
 -- Orders   one XADD per node, field "g1": per member "<member> <now_ms> <expander> <signal> <kill_after_ms>
---          <dump_signal> <group> <mac> <trigger order line>", fields separated by tabs
+--          <dump_signal> <group> <registered_ms> <mac> <trigger order line>", fields separated by tabs
 -- Events   "group-expired" {group, worker (the trigger), scope_id, members (space-separated, first 50), count,
 --          expander}; "malformed" per registration that does not parse (removed)
 --- @include "prelude"
@@ -63,7 +63,7 @@ local trigger_scope = string.match(trigger, '^[^\t]+\t[^\t]+\t[^\t]+\t([^\t]+)\t
 local now = now_ms()
 local now_text = int_text(now)
 local first_member, first_index, first_node = 9, 9 + member_count, 9 + 2 * member_count
-local REGISTRATION = '^(%d+)\t(%d*)\t(%d*)\t%d+\t([^\t%s]*)$'
+local REGISTRATION = '^(%d+)\t(%d*)\t(%d*)\t(%d+)\t([^\t%s]*)$'
 local lines = {}
 local signalled = {}
 local events = {}
@@ -74,11 +74,12 @@ for i = 1, member_count do
   local registration = redis.call('HGET', members_key, member)
   if registration and member ~= trigger_worker and node_index and node_index <= node_count
       and not signalled[member] then
-    local signal, kill_after, dump_signal, mac = string.match(registration, REGISTRATION)
-    if signal and #signal <= 3 and #kill_after <= 15 and #dump_signal <= 3 and is_token(member) then
+    local signal, kill_after, dump_signal, registered, mac = string.match(registration, REGISTRATION)
+    if signal and #signal <= 3 and #kill_after <= 15 and #dump_signal <= 3 and #registered <= 15
+        and is_token(member) then
       lines[node_index] = lines[node_index] or {}
       table.insert(lines[node_index], table.concat({member, now_text, expander, signal, kill_after, dump_signal,
-        group, mac, trigger}, '\t'))
+        group, registered, mac, trigger}, '\t'))
       signalled[#signalled + 1] = member
       signalled[member] = true
     else

@@ -24,9 +24,10 @@ class GroupStore(StoreBase):
         """Add (or renew) ``worker`` in ``group``'s registry; signed with the namespace secret when there is one."""
         keys = self.group_keys(group)
         mac = ""
+        registered_ms = self.server_clock.now_ms()
         if self.signer is not None:
-            mac = self.signer.mac_of(registration.message(self.keys.namespace, group, worker))
-        value = registration.value(self.server_clock.now_ms(), mac)
+            mac = self.signer.mac_of(registration.message(self.keys.namespace, group, worker, registered_ms))
+        value = registration.value(registered_ms, mac)
         with self.translated_errors(keys.group_members(group)):
             self.redis.hset(keys.group_members(group), worker, value)
 

@@ -31,12 +31,12 @@ KILL_FIELD = b"k1"
 # The field of a batch of group orders (expand_group.lua): members signalled because another member's timer expired.
 GROUP_FIELD = b"g1"
 # A group order line: the member, when and by whom the group was expanded, the member's registration (signal,
-# kill_after_ms, dump_signal, group, mac), then the order line of the member whose timer expired.
-GROUP_HEAD_FIELDS = 8
+# kill_after_ms, dump_signal, group, registered_ms, mac), then the order line of the member whose timer expired.
+GROUP_HEAD_FIELDS = 9
 _GROUP_HEAD = re.compile(
     r"(?P<worker>(?P<node>[A-Za-z0-9_.@+=-]{1,128}):(?P<pid>[0-9]{1,10}):(?P<start>[0-9]{1,20}))"
     r"\t(?P<expanded>[0-9]{1,15})\t(?P<expander>[^\s]+)\t(?P<signal>[0-9]{1,3})\t(?P<kill_after>[0-9]{0,15})"
-    r"\t(?P<dump>[0-9]{0,3})\t(?P<group>[^\s]+)\t(?P<mac>[^\s]*)",
+    r"\t(?P<dump>[0-9]{0,3})\t(?P<group>[^\s]+)\t(?P<registered>[0-9]{1,15})\t(?P<mac>[^\s]*)",
     re.ASCII,
 )
 # A signed timer's deadline is on the server clock; phase 1 of a claim reads the workers due by this process'
@@ -150,7 +150,7 @@ def parse_group_order(entry_id: str, line: str, step: str = "signal") -> Deliver
     if match is None:
         raise ValueError("not a group order")
     trigger = parse_order(entry_id, parts[GROUP_HEAD_FIELDS])
-    worker, node, pid, start, expanded, expander, signal, kill_after, dump, group, mac = match.groups()
+    worker, node, pid, start, expanded, expander, signal, kill_after, dump, group, registered, mac = match.groups()
     if trigger.group != group or trigger.worker == worker:
         raise ValueError("a group order whose trigger is not another member of its group")
     if signal == "0" or kill_after == "0" or dump == "0":
@@ -158,7 +158,7 @@ def parse_group_order(entry_id: str, line: str, step: str = "signal") -> Deliver
     return DeliveryOrder(
         entry_id, worker, node, int(pid), int(start), int(signal), trigger.scope_id, trigger.deadline_ms,
         int(expanded), expander, trigger.ttl_ms, int(kill_after) if kill_after else None,
-        int(dump) if dump else None, group, mac, line, step, trigger,
+        int(dump) if dump else None, group, mac, line, step, trigger, int(registered),
     )  # fmt: skip
 
 
