@@ -85,3 +85,15 @@ def test_a_group_order_whose_trigger_expired_before_the_member_joined_is_refused
     stale = parse_group_order("1-0", f"{B}\t1\tx\t15\t\t\tjob\t5000\t\t{trigger_line(A)}")
     refusal = screen(stale, SignalPolicy())
     assert refusal is not None and refusal.reason == Refusal.STALE_GROUP_ORDER.value
+
+
+def test_a_member_that_joins_after_an_expansion_is_signalled_by_the_next_one(store: TimerStore) -> None:
+    register(store, A, B)
+    assert store.expand_group("job", trigger_line(A), "replica") == (1, EXPANDED)
+    store.unregister_member("job", A)
+    store.unregister_member("job", B)
+    late = [Owner("node-a", pid, 2).worker_id for pid in (40, 50)]
+    register(store, *late)
+    assert store.expand_group("job", trigger_line(late[0]), "replica") == (1, EXPANDED), "the job started again"
+    assert store.expand_group("job", trigger_line(late[1]), "replica") == (0, COVERED)
+    assert len([e for e in store.events() if e.type == "group-expired"]) == 2

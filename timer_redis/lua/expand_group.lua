@@ -1,6 +1,7 @@
 -- expand_group.lua: a member's timer expired and its signal is about to be sent: queue one order per other
--- registered member of its group on that member's node stream, once per group for a while, and signal each member
--- once: the members signalled are kept, so a member whose own timer expires too is not signalled twice. The caller
+-- registered member of its group on that member's node stream, each member once while the group stays marked as
+-- expired: the members signalled are kept, so a member whose own timer expires too is not signalled twice, and a
+-- later expiry signals only members that joined since (a job started again under the same group). The caller
 -- reads the members and names each node's stream; the script re-reads each member's registration, so only members
 -- still registered are signalled.
 -- KEYS[1] members   hash    member worker id -> registration "<signal> <kill_after_ms> <dump_signal> <ms> <mac>"
@@ -18,14 +19,15 @@
 -- ARGV[9..8+m]      each candidate member's worker id
 -- ARGV[9+m..8+2m]   each candidate's node: an index 1..n into the node names below
 -- ARGV[9+2m..]      each node's name
--- Returns  {queued, state}: how many members were given an order; state 0: expanded now, the trigger is to be
---          signalled; 1: expanded before, the trigger was not signalled yet (it is now counted, and is to be
---          signalled); 2: expanded before and the trigger was given an order then: it is not to be signalled again
+-- Returns  {queued, state}: how many members were given an order; state 0: members were given orders now (the
+--          trigger is to be signalled); 1: expanded before and nobody new to signal (the trigger is to be signalled,
+--          and is now counted); 2: the trigger was given an order already: it is not to be signalled again
 -- Errors   "BAD_ARG <name> <value>" (nothing is changed then); "WRONGTYPE <key> <type>"
 -- Orders   one XADD per node, field "g1": per member "<member> <now_ms> <expander> <signal> <kill_after_ms>
 --          <dump_signal> <group> <registered_ms> <mac> <trigger order line>", fields separated by tabs
 -- Events   "group-expired" {group, worker (the trigger), scope_id, members (space-separated, first 50), count,
---          expander}; "malformed" per registration that does not parse (removed)
+--          expander} when the group was not marked or members were given orders; "malformed" per registration that
+--          does not parse (removed)
 --- @include "prelude"
 local members_key = KEYS[1]
 local expired_key = KEYS[2]
@@ -55,10 +57,8 @@ if failed then return failed end
 
 local trigger_worker = string.match(trigger, '^([^\t]+)\t')
 if not trigger_worker then return bad_arg('trigger', string.sub(trigger, 1, 120)) end
-if redis.call('EXISTS', expired_key) == 1 then
-  if redis.call('SADD', expired_key, trigger_worker) == 0 then return {0, 2} end
-  return {0, 1}
-end
+local was_expanded = redis.call('EXISTS', expired_key) == 1
+if was_expanded and redis.call('SISMEMBER', expired_key, trigger_worker) == 1 then return {0, 2} end
 local trigger_scope = string.match(trigger, '^[^\t]+\t[^\t]+\t[^\t]+\t([^\t]+)\t') or ''
 local now = now_ms()
 local now_text = int_text(now)
@@ -73,7 +73,7 @@ for i = 1, member_count do
   local node_index = to_int(ARGV[first_index + i - 1], 1)
   local registration = redis.call('HGET', members_key, member)
   if registration and member ~= trigger_worker and node_index and node_index <= node_count
-      and not signalled[member] then
+      and not signalled[member] and redis.call('SISMEMBER', expired_key, member) == 0 then
     local signal, kill_after, dump_signal, registered, mac = string.match(registration, REGISTRATION)
     if signal and #signal <= 3 and #kill_after <= 15 and #dump_signal <= 3 and #registered <= 15
         and is_token(member) then
@@ -101,9 +101,12 @@ for index, batch in pairs(lines) do
 end
 local listed = {}
 for i = 1, math.min(#signalled, 50) do listed[i] = signalled[i] end
-events[#events + 1] = {'type', 'group-expired', 'group', group, 'worker', trigger_worker, 'scope_id',
-  trigger_scope, 'members', table.concat(listed, ' '), 'count', int_text(#signalled), 'expander', expander}
+if not was_expanded or #signalled > 0 then
+  events[#events + 1] = {'type', 'group-expired', 'group', group, 'worker', trigger_worker, 'scope_id',
+    trigger_scope, 'members', table.concat(listed, ' '), 'count', int_text(#signalled), 'expander', expander}
+end
 for _, event in ipairs(events) do
   redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', unpack(event))
 end
+if was_expanded and #signalled == 0 then return {0, 1} end
 return {#signalled, 0}
