@@ -6,7 +6,7 @@ Client side (``install_dump_handler``): a process whose client has a ``dump_sign
 timer-redis-dumps``, created sticky and world-writable like /tmp (0o1777); each uid writes only to its own
 subdirectory, 0o700 and owned by it, so no other user reads a dump, plants a file, or swaps one for a link. The
 handler is installed again in a forked child (another pid, another file) on its first acquire, and the file is
-removed at exit.
+removed at exit (the files of processes killed before that are removed by the next handler installed).
 
 Watchdog side (``collect_dumps``): for the orders of one pass that ask for a dump, after the identity checks of
 ``delivery.py`` and before any of their signals, each worker with a handler file gets its dump signal (through a
@@ -117,7 +117,8 @@ def install_dump_handler(signum: int, start_time: int, dump_dir: str | None = No
     if _installed is not None and _installed.pid == pid and _installed.signum == signum:
         return _installed
     root = dump_root(dump_dir)
-    _own_directory(root)
+    own = _own_directory(root)
+    _remove_stale(own)
     path = dump_path(root, os.getuid(), pid, start_time, signum)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     handle = os.fdopen(fd, "wb", buffering=0)
@@ -125,6 +126,21 @@ def install_dump_handler(signum: int, start_time: int, dump_dir: str | None = No
     _installed = DumpHandler(signum, path, pid, handle)
     atexit.register(_remove, path, pid)
     return _installed
+
+
+def _remove_stale(directory: str) -> None:
+    """Remove the files of processes that are gone (killed before they could remove their own): a file whose pid
+    no longer runs with the start time in its name."""
+    with suppress(OSError):
+        for name in os.listdir(directory):
+            pid_text, _, rest = name.partition("-")
+            start_text = rest.split("-", 1)[0]
+            if not (name.endswith(".dump") and pid_text.isdigit() and start_text.isdigit()):
+                continue
+            state = read_process(int(pid_text))
+            if state is None or state.start_time != int(start_text):
+                with suppress(OSError):
+                    os.unlink(os.path.join(directory, name))
 
 
 def _remove(path: str, pid: int) -> None:

@@ -279,6 +279,7 @@ class Watchdog:
             ``id()`` of the orders not to signal: their member was given a group order already.
         """
         covered: set[int] = set()
+        registries: dict[str, list[str]] = {}  # read once per group and pass: a whole job may expire at once
         for order in (o for entry in entries for o in entry.orders):
             if order.group is None or order.trigger is not None or order.step != "signal" or order.node != self.node:
                 continue
@@ -287,7 +288,10 @@ class Watchdog:
             state = read_process(order.pid)
             if state is None or state.zombie or state.start_time != order.start_time or state.tgid != order.pid:
                 continue  # gone: its delivery says owner-gone, and a member that ended by itself expands nothing
-            queued, expanded = self.store.expand_group(order.group, order.line, self.replica_id)
+            if order.group not in registries:
+                registries[order.group] = list(self.store.group_members(order.group))
+            members = registries[order.group]
+            queued, expanded = self.store.expand_group(order.group, order.line, self.replica_id, members)
             if expanded == EXPANDED:
                 result.group_expansions += 1
                 log.info("group %s expanded: %s expired, %d other member(s) signalled", order.group, order.worker,

@@ -99,3 +99,19 @@ def test_a_long_dump_is_cut_with_a_marker() -> None:
     text, truncated = dumps._cut(b"x" * 200, 100)
     assert truncated and text.startswith("x" * 100) and text.endswith(dumps.TRUNCATION_MARKER)
     assert dumps._cut(b"short", 100) == ("short", False)
+
+
+def test_installing_a_handler_removes_the_files_of_gone_processes(tmp_path: Path, handler_reset: None) -> None:
+    root = str(tmp_path / "dumps")
+    state = read_process(os.getpid())
+    assert state is not None
+    dumps.install_dump_handler(signal.SIGUSR2, state.start_time, root)
+    dumps._installed = None
+    own = Path(root) / f"uid-{os.getuid()}"
+    gone = own / f"{os.getpid()}-{state.start_time + 1}-sig12.dump"  # this pid, another start time: another process
+    other = own / "notes.txt"
+    gone.write_text("")
+    other.write_text("")
+    dumps.install_dump_handler(signal.SIGUSR2, state.start_time, root)
+    assert not gone.exists() and other.exists()
+    assert (own / f"{os.getpid()}-{state.start_time}-sig12.dump").exists()

@@ -44,16 +44,24 @@ class GroupStore(StoreBase):
             data = self.redis.hgetall(keys.group_members(group))
         return {as_text(k): as_text(v) for k, v in data.items()}
 
-    def expand_group(self, group: str, trigger_line: str, expander: str) -> tuple[int, int]:
+    def expand_group(
+        self, group: str, trigger_line: str, expander: str, members: list[str] | None = None
+    ) -> tuple[int, int]:
         """Queue one order per other member of ``group`` on its node's stream, unless the group was expanded within
         ``GROUP_HOLD_MS`` (expand_group.lua). Members whose id is no worker id are removed, with a log line.
+
+        Args:
+            group: the group of the member whose timer expired.
+            trigger_line: that member's order line.
+            expander: this replica's id.
+            members: the registry's members as read already this pass (None: read it); the script re-reads each.
 
         Returns:
             (members given an order, ``EXPANDED``, ``ALREADY_EXPANDED`` or ``COVERED``: the trigger was given a
             group order already and is not to be signalled again).
         """
         keys = self.group_keys(group)
-        members = list(self.group_members(group))
+        members = list(self.group_members(group)) if members is None else members
         strays = [m for m in members if not is_worker_id(m)]
         if strays:
             log.warning("group %s: %d registered member(s) that are no worker ids, removed: %r", group, len(strays),
