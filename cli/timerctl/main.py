@@ -286,18 +286,22 @@ def print_pass(result: PassResult, as_json: bool) -> None:
                 "now_ms": result.now_ms,
                 "next_deadline_ms": result.next_deadline_ms,
                 "backlog": result.backlog,
+                "escalated": result.escalated,
+                "group_expansions": result.group_expansions,
                 "claimed": [vars(claim) for claim in result.claimed],
                 "delivered": [
                     {
                         "worker": order.worker,
                         "pid": order.pid,
                         "scope_id": order.scope_id,
-                        "signal": order.signal,
+                        "signal": order.signal_to_send,
+                        "step": order.step,
                         "outcome": outcome.outcome.value,
                         "detail": outcome.detail,
                     }
                     for order, outcome in result.delivered
                 ],
+                "dumps": [{"id": d.dump_id, "source": d.source, "missing": d.missing} for d in result.dumps],
             }
         )
         return
