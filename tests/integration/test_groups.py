@@ -88,6 +88,30 @@ def test_members_that_hang_together_are_each_signalled_once(real_store: TimerSto
     assert len([e for e in real_store.events(1000) if e.type == "group-expired"]) == 1
 
 
+def test_a_member_that_ignores_the_group_term_gets_its_own_escalation(
+    redis_url: str, sleepers: list[subprocess.Popen[bytes]]
+) -> None:
+    secret = b"0123456789abcdef-groups-escalation"
+    store = TimerStore.from_url(redis_url, "test", secret=secret)
+    dogs = [Watchdog(store=store, node=node, max_interval=0.3) for node in ("node-a", "node-b")]
+    stubborn = start_member(redis_url, "node-b", "job-k", secret=secret, kill_after=0.4, ignore_term=True)
+    hung = start_member(redis_url, "node-a", "job-k", hang_after=0.2, secret=secret)
+    try:
+        for dog in dogs:
+            dog.start()
+        hung.join(10)
+        stubborn.join(10)
+    finally:
+        for dog in dogs:
+            dog.stop()
+        for member in (hung, stubborn):
+            if member.is_alive():
+                member.kill()
+    assert (hung.exitcode, stubborn.exitcode) == (-signal.SIGTERM, -signal.SIGKILL)
+    wait_for(lambda: len(delivered_to(store, stubborn.pid or 0)) == 2, what="the stubborn member's KILL event")
+    assert delivered_to(store, stubborn.pid or 0) == ["signal", "kill"], "TERM by the group, then its own KILL"
+
+
 def test_a_forged_member_or_group_order_never_signals(redis_url: str, sleepers: list[subprocess.Popen[bytes]]) -> None:
     secret = b"0123456789abcdef-groups"
     store = TimerStore.from_url(redis_url, "test", secret=secret)

@@ -11,6 +11,8 @@ from ..redis_compat import as_text
 from .base import StoreBase
 
 log = logging.getLogger(__name__)
+# A group's registry outlives its last registration by this long (every registration renews it).
+REGISTRY_TTL_MS = 7 * 24 * 3600 * 1000
 
 
 class GroupStore(StoreBase):
@@ -28,8 +30,12 @@ class GroupStore(StoreBase):
         if self.signer is not None:
             mac = self.signer.mac_of(registration.message(self.keys.namespace, group, worker, registered_ms))
         value = registration.value(registered_ms, mac)
-        with self.translated_errors(keys.group_members(group)):
-            self.redis.hset(keys.group_members(group), worker, value)
+        key = keys.group_members(group)
+        with self.translated_errors(key):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hset(key, worker, value)
+            pipe.pexpire(key, REGISTRY_TTL_MS)  # a group nobody joins any more goes, with members killed -9
+            pipe.execute()
 
     def unregister_member(self, group: str, worker: str) -> None:
         """Remove ``worker`` from ``group``'s registry (a no-op when it is not there)."""
