@@ -139,7 +139,7 @@ class WatchdogMetrics:
             self.deliveries.labels(outcome.outcome.value).inc()
             if order.step == "kill" and outcome.outcome is Outcome.DELIVERED:
                 self.escalations_sent.inc()
-            if outcome.outcome is Outcome.DELIVERED and outcome.sent_ms is not None:
+            if outcome.outcome is Outcome.DELIVERED and outcome.sent_ms is not None and order.step == "signal":
                 self.detection_lag.observe(max(0.0, (outcome.sent_ms - order.deadline_ms) / 1000))
 
     def observe_error(self, error: Exception) -> None:

@@ -288,10 +288,16 @@ class Watchdog:
             state = read_process(order.pid)
             if state is None or state.zombie or state.start_time != order.start_time or state.tgid != order.pid:
                 continue  # gone: its delivery says owner-gone, and a member that ended by itself expands nothing
-            if order.group not in registries:
-                registries[order.group] = list(self.store.group_members(order.group))
-            members = registries[order.group]
-            queued, expanded = self.store.expand_group(order.group, order.line, self.replica_id, members)
+            try:
+                if order.group not in registries:
+                    registries[order.group] = list(self.store.group_members(order.group))
+                members = registries[order.group]
+                queued, expanded = self.store.expand_group(order.group, order.line, self.replica_id, members)
+            except StoreUnavailableError:
+                raise
+            except TimerRedisError as error:  # a registry of another type: the member is signalled all the same
+                log.warning("group %s of %s not expanded: %s", order.group, order.worker, error)
+                continue
             if expanded == EXPANDED:
                 result.group_expansions += 1
                 log.info("group %s expanded: %s expired, %d other member(s) signalled", order.group, order.worker,
@@ -385,7 +391,7 @@ class Watchdog:
         """The event of ``order``'s outcome (written if this replica acknowledges its entry)."""
         event: list[Any] = [
             "type", outcome.outcome.value, "worker", order.worker, "scope_id", order.scope_id, "pid", order.pid,
-            "signal", order.signal, "deadline_ms", order.deadline_ms, "claimed_ms", order.claimed_ms,
+            "signal", order.signal_to_send, "deadline_ms", order.deadline_ms, "claimed_ms", order.claimed_ms,
             "claimer", order.claimer, "replica", self.replica_id, "detail", outcome.detail, "step", order.step,
         ]  # fmt: skip
         if order.kill_after_ms:
@@ -399,7 +405,7 @@ class Watchdog:
         if outcome.sent_ms is not None:  # when it was carried out, on the Redis clock; the lag only for a signal
             event += ["sent_ms", outcome.sent_ms]
             if outcome.outcome is Outcome.DELIVERED:
-                event += ["lag_ms", outcome.sent_ms - order.deadline_ms]
+                event += ["lag_ms", outcome.sent_ms - order.due_ms]
         return event
 
     def _malformed_event(self, bad: MalformedOrder, shard: int) -> list[Any]:

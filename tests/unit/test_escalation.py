@@ -139,3 +139,25 @@ def test_metrics_count_escalations_and_stats_show_the_pending_ones(store: TimerS
     assert found[("timer_redis_pending_escalations", ())] == 0
     assert found[("timer_redis_dumps_total", (("result", "taken"),))] == 0
     assert store.stats()["pending_escalations"] == 0 and store.stats()["dumps_kept"] == 0
+
+
+def test_an_escalations_key_of_another_type_stops_no_delivery(store: TimerStore) -> None:
+    store.redis.set(store.keys.escalations, "not a zset")
+    expire(store, Owner("node-a", 4242, 77), 0.05)
+    dog, recorder = watchdog(store)
+    result = dog.run_once()
+    assert [o.step for o in recorder.orders] == ["signal"] and result.finished == [True]
+    assert store.pending_escalations() == 1, "replaced by the schedule of the KILL"
+    malformed = [e.fields for e in store.events() if e.type == "malformed"]
+    assert [m["key"] for m in malformed] == [store.keys.escalations]
+
+
+def test_a_kill_event_names_sigkill_and_its_lag_counts_from_the_end_of_the_grace(store: TimerStore) -> None:
+    expire(store, Owner("node-a", 4242, 77), 0.02)
+    dog, _ = watchdog(store)
+    dog.run_once()
+    time.sleep(0.04)
+    dog.run_once()
+    kill = [e.fields for e in store.events() if e.type == "delivered"][-1]
+    assert kill["step"] == "kill" and kill["signal"] == str(int(signal.SIGKILL))
+    assert 0 <= int(kill["lag_ms"]) < 1000

@@ -14,7 +14,8 @@
 -- Errors   "BAD_ARG <name> <value>" when ARGV is not as above (nothing is changed then); "WRONGTYPE <key> <type>"
 -- Orders   XADD deliver * o1 <lines> for each acknowledged entry with lines to put back; ZADD escalations of each
 --          acknowledged entry's escalations (scheduled once: only by the call that acknowledges the entry)
--- Events   the given events of each entry this call acknowledged
+-- Events   the given events of each entry this call acknowledged; "malformed" when escalations held another type
+--          (deleted)
 --- @include "prelude"
 local deliver_key = KEYS[1]
 local events_key = KEYS[2]
@@ -23,7 +24,7 @@ local group = ARGV[1]
 local maxlen = to_int(ARGV[2], 1)
 
 if not maxlen then return bad_arg('maxlen', ARGV[2]) end
-local failed = check_types({{deliver_key, 'stream'}, {events_key, 'stream'}, {escalations_key, 'zset'}})
+local failed = check_types({{deliver_key, 'stream'}, {events_key, 'stream'}})
 if failed then return failed end
 
 -- Read the shape of ARGV first: a malformed call must change nothing.
@@ -52,6 +53,15 @@ while i <= #ARGV do
   end
   i = i + 2 + 2 * escalations
   entries[#entries + 1] = entry
+end
+
+-- An escalations key of another type holds nothing of ours: replaced (with a "malformed" event), so that no
+-- delivery of anyone is stopped by it.
+local found = redis.call('TYPE', escalations_key)['ok']
+if found ~= 'none' and found ~= 'zset' then
+  redis.call('DEL', escalations_key)
+  redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*', 'type', 'malformed', 'key', escalations_key, 'detail',
+    'held a ' .. found .. ' instead of a zset: deleted')
 end
 
 local acknowledged = {}
