@@ -67,18 +67,22 @@ def hang_with_dump(url: str, after: float, notes: str, dump_dir: str, handler: b
 
 def group_member(
     url: str, node: str, group: str, hang_after: float | None, ready: Any, secret: Any = None,
-    kill_after: float | None = None, ignore_term: bool = False,
+    kill_after: float | None = None, ignore_term: bool = False, go: Any = None,
 ) -> None:  # fmt: skip
     """A member of ``group`` on ``node`` under TERM timers: healthy blocks of 5 s, or (``hang_after``) one block
-    that hangs. ``ready`` is set once it is registered (its first acquire)."""
+    that hangs. ``ready`` is set once it is registered (its first acquire); with ``go``, it waits for it before its
+    blocks."""
     if ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     settings = timer.TimerSettings(namespace="test", node=node)
     client = timer.RedisTimerClient(url=url, settings=settings, signal="TERM", group=group, strict=True, secret=secret,
                                     kill_after=kill_after)  # fmt: skip
     timer.configure(client)
-    with timer.expires(after=hang_after or 5):
+    with timer.expires(after=5, scope="join"):
         ready.set()
+        if go is not None:
+            go.wait()
+    with timer.expires(after=hang_after or 5):
         while hang_after is not None:
             time.sleep(0.01)
     while True:

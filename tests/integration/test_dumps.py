@@ -79,7 +79,7 @@ def test_a_dump_that_never_comes_holds_the_signal_back_no_longer_than_the_timeou
     event = outcome_of(real_store, child.pid or 0)
     assert event.type == "delivered" and "no dump within" in event.fields["dump_missing"]
     held_ms = int(event.fields["sent_ms"]) - int(event.fields["claimed_ms"])
-    assert DUMP_TIMEOUT * 1000 - 50 <= held_ms < DUMP_TIMEOUT * 1000 + 400, "waited for the dump, then no longer"
+    assert DUMP_TIMEOUT * 1000 - 50 <= held_ms < DUMP_TIMEOUT * 1000 + 1000, "waited for the dump, then no longer"
 
 
 def test_a_command_without_our_client_is_dumped_with_py_spy(

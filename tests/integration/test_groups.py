@@ -76,14 +76,17 @@ def test_one_member_hangs_and_all_four_on_two_nodes_die_once_another_group_untou
 
 def test_members_that_hang_together_are_each_signalled_once(real_store: TimerStore, two_nodes: list[Watchdog]) -> None:
     url = real_store.url
-    members = [start_member(url, node, "job-9", hang_after=0.3) for node in ("node-a", "node-b", "node-a", "node-b")]
+    go = fork.Event()
+    nodes = ("node-a", "node-b", "node-a", "node-b")
+    members = [start_member(url, node, "job-9", hang_after=0.3, go=go) for node in nodes]
+    go.set()  # every member registered: they hang together
     for member in members:
         member.join(10)
     assert [m.exitcode for m in members] == [-signal.SIGTERM] * 4
     for member in members:
         wait_for(lambda m=member: delivered_to(real_store, m.pid or 0), what="the member's delivered event")
     # Let every order the expansion queued be finished: a second signal, if any, would be in the events by then.
-    wait_for(lambda: real_store.stats()["pending_deliveries"] in ({}, {"node-a": 0, "node-b": 0}), what="no orders")
+    wait_for(lambda: not any(real_store.stats()["pending_deliveries"].values()), what="every order finished")
     assert [delivered_to(real_store, m.pid or 0) for m in members] == [["signal"]] * 4, "each member signalled once"
     assert len([e for e in real_store.events(1000) if e.type == "group-expired"]) == 1
 
