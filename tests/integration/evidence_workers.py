@@ -59,9 +59,11 @@ def hang_with_dump(url: str, after: float, notes: str, dump_dir: str, handler: b
     settings = timer.TimerSettings(namespace="test", dump_dir=dump_dir)
     client = timer.RedisTimerClient(url=url, settings=settings, signal="TERM", dump_signal="USR1", strict=True)
     timer.configure(client)
+    with timer.expires(after=30, scope="setup"):  # the first acquire installs the dump handler
+        pass
+    if not handler:
+        signal.signal(signal.SIGUSR1, lambda signum, frame: None)
     with timer.expires(after=after):
-        if not handler:
-            signal.signal(signal.SIGUSR1, lambda signum, frame: None)
         stuck_in_known_function()
 
 

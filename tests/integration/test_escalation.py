@@ -79,7 +79,7 @@ def test_a_replica_killed_during_the_grace_is_taken_over_and_the_kill_comes_once
     ready = fork.Event()
     first = start_timerctl(redis_url, "watchdog", "--max-interval", "0.2")
     others: list[subprocess.Popen[str]] = []
-    child = fork.Process(target=evidence_workers.ignore_term, args=(redis_url, 0.2, 1.5, ready))
+    child = fork.Process(target=evidence_workers.ignore_term, args=(redis_url, 0.2, 3.0, ready))
     try:
         wait_for(real_store.replicas, timeout=10, what="the first watchdog's heartbeat")
         child.start()
