@@ -13,6 +13,7 @@ import pytest
 
 from tests.helpers import wait_for
 from tests.integration import evidence_workers
+from tests.integration.timerctl_binary import start_timerctl
 from timer_redis import Owner, TimerStore, Watchdog
 from timer_redis.keys import parse_worker_id
 
@@ -113,6 +114,25 @@ def test_a_member_that_ignores_the_group_term_gets_its_own_escalation(
     assert (hung.exitcode, stubborn.exitcode) == (-signal.SIGTERM, -signal.SIGKILL)
     wait_for(lambda: len(delivered_to(store, stubborn.pid or 0)) == 2, what="the stubborn member's KILL event")
     assert delivered_to(store, stubborn.pid or 0) == ["signal", "kill"], "TERM by the group, then its own KILL"
+
+
+def test_a_timerctl_run_command_is_a_member_too(redis_url: str, real_store: TimerStore) -> None:
+    dog = Watchdog(store=real_store, max_interval=0.3)  # this host's node: timerctl run's child is on it
+    command = start_timerctl(
+        redis_url, "run", "--ttl", "30", "--signal", "TERM", "--group", "job-r", "--", "sleep", "30"
+    )
+    try:
+        wait_for(lambda: len(real_store.group_members("job-r")) == 1, timeout=10, what="the command's registration")
+        (member,) = real_store.group_members("job-r")
+        hung = start_member(redis_url, dog.node, "job-r", hang_after=0.2)
+        dog.start()
+        hung.join(10)
+        assert command.wait(10) == 128 + signal.SIGTERM, "the command was signalled with its group"
+    finally:
+        dog.stop()
+        if command.poll() is None:
+            command.kill()
+    assert member not in real_store.group_members("job-r"), "timerctl run left the group when its command ended"
 
 
 def test_a_forged_member_or_group_order_never_signals(redis_url: str, sleepers: list[subprocess.Popen[bytes]]) -> None:
