@@ -114,8 +114,13 @@ class Scripts:
 
     @staticmethod
     def acquire_keys(keys: Keys, worker: str) -> list[str]:
-        """KEYS of acquire.lua (and release.lua)."""
+        """KEYS of acquire.lua."""
         return [keys.deadlines, keys.worker(worker), keys.extra, keys.wake_at]
+
+    @staticmethod
+    def release_keys(keys: Keys, worker: str) -> list[str]:
+        """KEYS of release.lua."""
+        return [keys.deadlines, keys.worker(worker), keys.extra, keys.scopestats]
 
     @staticmethod
     def acquire_worker_args(keys: Keys, worker: str, options: WorkerOptions) -> list[Any]:
@@ -171,7 +176,7 @@ class Scripts:
 
     def release(self, client: Any, keys: Keys, worker: str, scope_id: str) -> bool:
         """Run release.lua; True when a timer was removed."""
-        return bool(self.run("release", client, self.acquire_keys(keys, worker), [worker, scope_id]))
+        return bool(self.run("release", client, self.release_keys(keys, worker), [worker, scope_id]))
 
     def extend(
         self,

@@ -21,8 +21,8 @@ from ..controls import (
     LIMIT_FIELD,
     MODE_FIELD,
     MODES,
-    NODE_LIMIT_PREFIX,
     NO_CONTROLS,
+    NODE_LIMIT_PREFIX,
     PAUSE_FIELD,
     RESUMED_FIELD,
     SCOPE_MODE_PREFIX,
@@ -36,6 +36,7 @@ from ..controls import (
 from ..errors import InvalidArgumentError
 from ..keys import check_node
 from ..redis_compat import as_text
+from ..scopestats import RETENTION_MS, ScopeStats, aggregate, merge_counts, parse_field, window_of
 from ..validation import seconds_to_ms
 from .base import StoreBase
 
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # Held workers re-judged per resume.lua call.
 RESUME_CHUNK = 1000
+# Fields of a shard's scope statistics looked at per heartbeat for deletion.
+SCOPESTATS_SCAN = 1000
 # Distinct bad values remembered per store (each is logged and reported once).
 MAX_REPORTED = 256
 
@@ -212,14 +215,18 @@ class ControlsStore(StoreBase):
         if clock_jump is not None:
             values["clock_jump_brake_ms"] = str(0 if clock_jump == 0 else seconds_to_ms("clock_jump", clock_jump))
         if mass_due_share is not None:
-            if isinstance(mass_due_share, bool) or not isinstance(mass_due_share, (int, float)) or not (
-                0 <= mass_due_share <= 1
+            if (
+                isinstance(mass_due_share, bool)
+                or not isinstance(mass_due_share, (int, float))
+                or not (0 <= mass_due_share <= 1)
             ):
                 raise InvalidArgumentError(f"mass_due_share must be a share from 0 to 1, got {mass_due_share!r}")
             values["mass_due_share"] = repr(float(mass_due_share))
         if mass_due_min_workers is not None:
-            if isinstance(mass_due_min_workers, bool) or not isinstance(mass_due_min_workers, int) or not (
-                0 <= mass_due_min_workers < 10**15
+            if (
+                isinstance(mass_due_min_workers, bool)
+                or not isinstance(mass_due_min_workers, int)
+                or not (0 <= mass_due_min_workers < 10**15)
             ):
                 raise InvalidArgumentError(f"mass_due_min_workers must be an int >= 0, got {mass_due_min_workers!r}")
             values["mass_due_min_workers"] = str(mass_due_min_workers)
@@ -254,3 +261,42 @@ class ControlsStore(StoreBase):
                 except redis.ResponseError:
                     continue
         return total
+
+    def scope_stats(self, window_seconds: float = 3600.0) -> list[ScopeStats]:
+        """Per (scope, timeout) hold times and expiries of the last ``window_seconds`` (whole 10-minute windows,
+        at most the hour kept), from every shard. Fields that do not parse are skipped.
+
+        Raises:
+            InvalidArgumentError: a bad window.
+        """
+        since_ms = self.server_time_ms() - seconds_to_ms("window", window_seconds)
+        hashes = []
+        for keys in self.shard_keys:
+            with self.translated_errors(keys.scopestats):
+                try:
+                    hashes.append(self.redis.hgetall(keys.scopestats))
+                except redis.ResponseError:  # another type: the next claim replaces it
+                    continue
+        return aggregate(merge_counts(*hashes), window_of(since_ms))
+
+    def forget_old_scope_stats(self, count: int = SCOPESTATS_SCAN) -> int:
+        """Delete scope statistics of windows older than an hour (and fields that are not statistics): one HSCAN
+        step of ``count`` fields per shard, resumed where the last call stopped.
+
+        Returns:
+            How many fields were deleted.
+        """
+        cursors: dict[int, int] = self.__dict__.setdefault("_scopestats_cursors", {})
+        before_ms = self.server_time_ms() - RETENTION_MS
+        deleted = 0
+        for keys in self.shard_keys:
+            with self.translated_errors(keys.scopestats):
+                try:
+                    cursor, fields = self.redis.hscan(keys.scopestats, cursors.get(keys.shard, 0), count=count)
+                except redis.ResponseError:
+                    continue
+                cursors[keys.shard] = int(cursor)
+                old = [name for name in fields if (parsed := parse_field(name)) is None or parsed[0] < before_ms]
+                if old:
+                    deleted += int(self.redis.hdel(keys.scopestats, *old))
+        return deleted
