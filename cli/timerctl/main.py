@@ -22,6 +22,7 @@ from timer_redis.keys import MAX_SHARDS, MEMBER_SEPARATOR, check_node, parse_wor
 from timer_redis.settings import DEFAULT_URL, parse_signal
 
 from .context import EXIT_INVALID, SECONDS, CliError, CliState, pass_state
+from .controls import CONTROL_COMMANDS, describe
 from .dashboard import dashboard
 from .demo import demo
 from .group import TimerctlGroup
@@ -552,7 +553,7 @@ def in_or_overdue(remaining_ms: int) -> str:
 
 KNOWN_EVENT_TYPES = (
     "expired", "delivered", "owner-gone", "refused", "signal-failed", "released", "malformed",
-    "would-signal", "held", "braked", "group-expired",
+    "would-signal", "held", "braked", "group-expired", "mode", "paused", "resumed", "limit", "brake-engaged",
 )  # fmt: skip
 # Timers looked at to name the nodes that have some, when a --node filter matched nothing.
 NODES_SAMPLE = 1000
@@ -775,6 +776,8 @@ def stats(state: CliState, replica_timeout: float) -> None:
     click.echo(f"due timers          {data['due_timers']}")
     click.echo(f"next deadline       {in_or_overdue(earliest - now_ms) if earliest is not None else '-'}")
     click.echo(f"stuck nodes         {', '.join(data['stuck_nodes']) or 'none'}")
+    for label, value in describe(store.read_controls(), now_ms, data["held_workers"]):
+        click.echo(f"{label:<19} {value}")
     nodes = sorted(data["nodes"].items())
     if nodes:
         click.echo("")
@@ -812,3 +815,5 @@ def unwatched_nodes(store: TimerStore, data: dict[str, Any]) -> dict[str, int]:
 cli.add_command(run)
 cli.add_command(demo)
 cli.add_command(dashboard)
+for command in CONTROL_COMMANDS:
+    cli.add_command(command)
