@@ -11,6 +11,7 @@ from timer_redis.controls import Controls
 from timer_redis.durations import format_duration
 
 from .context import SECONDS, CliState, pass_state
+from .group import TimerctlCommand
 from .render import emit_json, format_time, plural, print_table
 
 __all__ = ["CONTROL_COMMANDS"]
@@ -60,7 +61,7 @@ def _print_controls(state: CliState, extra: dict[str, Any] | None = None) -> Non
         click.echo(f"{label:<19} {value}")
 
 
-@click.command()
+@click.command(cls=TimerctlCommand)
 @click.argument("mode", metavar="[shadow|enforce]", required=False)
 @click.option("--scope", "scope_glob", default=None, help="Only scopes this glob matches (* and ?).")
 @click.option("--reason", default="", help=REASON_HELP)
@@ -82,7 +83,7 @@ def mode(state: CliState, mode: str | None, scope_glob: str | None, reason: str)
     _print_controls(state)
 
 
-@click.command()
+@click.command(cls=TimerctlCommand)
 @click.option("--for", "duration", type=SECONDS, required=True, help="How long: 30m, 2h, 1d.")
 @click.option("--scope", "scope_glob", default="*", show_default=True, help="Only scopes this glob matches.")
 @click.option("--reason", default="", help=REASON_HELP)
@@ -103,7 +104,7 @@ def pause(state: CliState, duration: float, scope_glob: str, reason: str) -> Non
     _print_controls(state)
 
 
-@click.command()
+@click.command(cls=TimerctlCommand)
 @click.option("--reason", default="", help=REASON_HELP)
 @pass_state
 def resume(state: CliState, reason: str) -> None:
@@ -120,7 +121,7 @@ def resume(state: CliState, reason: str) -> None:
     _print_controls(state, {"released_workers": due})
 
 
-@click.command()
+@click.command(cls=TimerctlCommand)
 @click.option("--max-signals-per-minute", type=click.IntRange(1, 1_000_000), default=None,
               help="At most this many signals in any minute; past it, due workers are held (`braked`).")  # fmt: skip
 @click.option("--no-limit", is_flag=True, help="Remove the limit (of --node, or of the namespace).")
@@ -172,7 +173,7 @@ def limit(
     _print_controls(state)
 
 
-@click.command()
+@click.command(cls=TimerctlCommand)
 @click.option("--window", type=SECONDS, default=3600.0, help="How far back: 10m to 1h (kept an hour) [1h].")
 @pass_state
 def scopes(state: CliState, window: float) -> None:
