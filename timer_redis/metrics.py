@@ -213,11 +213,7 @@ class NamespaceCollector:
         limit = control(lambda c: nan if c["limit"] is None else c["limit"])
         return [
             gauge("shadow_mode", "1 when the namespace is in shadow mode.", control(lambda c: c["mode"] == "shadow")),
-            gauge(
-                "shadow_scopes",
-                "Globs of scopes in shadow mode.",
-                control(lambda c: sum(1 for m in c["scope_modes"].values() if m == "shadow")),
-            ),  # fmt: skip
+            gauge("shadow_scopes", "Globs of scopes in shadow mode.", control(shadow_globs)),
             gauge("paused", "1 while a pause is on.", control(lambda c: c["pause"] is not None)),
             gauge("brake_engaged", "1 while the brake is engaged.", control(lambda c: c["brake"] is not None)),
             gauge("held_workers", "Workers held by a pause or the brake.", float(stats.get("held_workers", nan))),
