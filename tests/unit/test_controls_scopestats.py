@@ -74,7 +74,7 @@ def test_release_and_claim_fill_the_statistics(store: TimerStore) -> None:
 
 def test_heartbeats_forget_windows_older_than_an_hour(store: TimerStore) -> None:
     now = store.server_time_ms()
-    store.redis.hset(store.keys.scopestats, mapping={f"{window_of(now)}\t10\t3\ts": 1,
-                                                    f"{window_of(now - 4_000_000)}\t10\t3\ts": 1, "junk": 1})  # fmt: skip
+    fresh, old = f"{window_of(now)}\t10\t3\ts", f"{window_of(now - 4_000_000)}\t10\t3\ts"
+    store.redis.hset(store.keys.scopestats, mapping={fresh: 1, old: 1, "junk": 1})
     assert store.forget_old_scope_stats() == 2
     assert store.redis.hkeys(store.keys.scopestats) == [f"{window_of(now)}\t10\t3\ts".encode()]
