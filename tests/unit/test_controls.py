@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import read_orders, snapshot, wait_until_due
-from timer_redis import InvalidArgumentError, Owner, TimerStore
+from timer_redis import InvalidArgumentError, Owner, TimerSettings, TimerStore
 from timer_redis.controls import (
     BRAKE_RECHECK_MS,
     ClockWatch,
@@ -304,3 +304,21 @@ def test_every_change_is_an_event_naming_who(store: TimerStore) -> None:
     assert [e.type for e in events] == ["mode", "paused", "limit", "limit", "resumed"]
     assert {e.fields["by"] for e in events} == {"ann@h"}
     assert store.read_controls().limit is None
+
+
+def test_with_shards_each_shard_gets_its_share_of_the_limit_and_the_controls_of_shard_0(
+    fake_redis: fakeredis.FakeRedis,
+) -> None:
+    store = TimerStore(fake_redis, settings=TimerSettings(namespace="sharded", shards=4))
+    store.set_limit(8)  # 2 a minute per shard: never more than 8 in the namespace
+    store.pause(60, scope="paused*")
+    owners = [f"node-a:{pid}:1" for pid in range(40)]
+    for owner in owners:
+        store.acquire(owner, "step", 0.001)
+    store.acquire("node-a:999:1", "paused-step", 0.001)
+    wait_until_due(store, store.server_time_ms() + 2)
+    result = store.claim_expired(100, "r")
+    assert len(result.claimed) == 8 and result.braked == 32 and result.held == 1
+    assert store.held_count() == 33
+    assert store.resume() == 33
+    assert len(store.claim_expired(100, "r").claimed) == 33
