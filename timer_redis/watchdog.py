@@ -403,7 +403,7 @@ class Watchdog:
             self._warned = True
             self.warn_at_start()
         record_sample(self.store)  # at most one per 10 s for the namespace, whatever the number of replicas
-        self.store.forget_old_scope_stats()  # scope statistics older than an hour, a bounded scan per beat
+        self.store.tidy_controls()  # old scope statistics, held marks of workers gone: a bounded scan per beat
         self.store.forget_idle_consumers(self.node, int(self.settings.lease * 1000), keep=self.replica_id)
         self.store.forget_gone_nodes(self.settings.node_retention)
         now_ms = self._started_ms and self.server_now_ms()

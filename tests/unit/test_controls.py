@@ -322,3 +322,23 @@ def test_with_shards_each_shard_gets_its_share_of_the_limit_and_the_controls_of_
     assert store.held_count() == 33
     assert store.resume() == 33
     assert len(store.claim_expired(100, "r").claimed) == 33
+
+
+def test_heartbeats_forget_held_marks_of_workers_that_released(store: TimerStore) -> None:
+    store.pause(60)
+    due(store, ALICE)
+    assert store.claim_expired(10, "r").held == 1
+    store.release(ALICE, "step")
+    assert store.held_count() == 1
+    assert store.tidy_controls() == 1 and store.held_count() == 0
+
+
+def test_a_resume_mark_lets_a_worker_past_the_brake_only_within_a_minute(store: TimerStore) -> None:
+    store.set_limit(1)
+    store.engage_brake("test", by="tester")
+    due(store, ALICE)
+    store.redis.hset(store.keys.held, ALICE.worker_id, f"pass {store.server_time_ms() - 61_000}")
+    assert store.claim_expired(10, "r").braked == 1, "a stale mark is no pass"
+    store.redis.hset(store.keys.held, ALICE.worker_id, f"pass {store.server_time_ms()}")
+    store.redis.zadd(store.keys.deadlines, {ALICE.worker_id: 1})
+    assert len(store.claim_expired(10, "r").claimed) == 1

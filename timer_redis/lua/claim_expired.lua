@@ -7,8 +7,8 @@
 -- KEYS[3] nodes      zset    node -> when an order was last queued for it (ms)
 -- KEYS[4] extra      string  how many timers the namespace holds beyond the first of each worker
 -- KEYS[5] replicas   hash    watchdog heartbeats (only checked for its type here)
--- KEYS[6] held       hash    worker -> why it is held: "pause <until_ms>", "brake", or "pass" (resumed: passes the
---                            brake once)
+-- KEYS[6] held       hash    worker -> why it is held: "pause <until_ms>", "brake", or "pass <ms>" (resumed then:
+--                            passes the brake once, within a minute)
 -- KEYS[7] signals    zset    "<ms> <worker>" per signal of the last minute, scored by ms (kept under a limit only)
 -- KEYS[8] scopestats hash    "<window_ms>\t<ttl_ms>\tx\t<scope_id>" -> expiries (scopestats.py)
 -- KEYS[9..8+w]       string  the record of each candidate worker (records.py), in the order of ARGV's workers
@@ -177,6 +177,14 @@ local function matches_any(scope, patterns)
   return false
 end
 
+-- Whether a held worker was let through by a resume (within the last minute: a mark that outlived its purpose, the
+-- worker having released meanwhile, must not let a later expiry skip the brake).
+local function passes(held_as)
+  if not held_as then return false end
+  local since = tonumber(string.match(held_as, '^pass (%d+)$') or '')
+  return since ~= nil and now - since < 60000
+end
+
 -- What happens to a due worker whose first due timer is `first`: 'pause', 'shadow', 'brake' (with why) or 'signal'.
 local function judge(worker, node, first, held_as)
   if pause_until > now and string.find(first.scope, pause_scope) then return 'pause' end
@@ -184,7 +192,7 @@ local function judge(worker, node, first, held_as)
       and not matches_any(first.scope, enforce_patterns) then
     return 'shadow'
   end
-  if held_as == 'pass' then return 'signal' end
+  if passes(held_as) then return 'signal' end
   if brake_reason ~= '' then return 'brake', brake_reason end
   if limit > 0 and sent_total >= limit then
     return 'brake', int_text(sent_total) .. ' signals in the last minute, the limit is ' .. int_text(limit)
@@ -274,7 +282,7 @@ for i = 1, worker_count do
             local lines = orders[node_index]
             lines[#lines + 1] = worker .. '\t' .. now_text .. '\t' .. claimer .. '\t' .. first.line
             reaped[#reaped + 1] = packed
-            if limited and held_as ~= 'pass' then
+            if limited and not passes(held_as) then
               sent_total = sent_total + 1
               sent_by_node[node] = (sent_by_node[node] or 0) + 1
               window_entries[#window_entries + 1] = now

@@ -1,5 +1,6 @@
 -- resume.lua: let held workers of one shard be judged again now (timerctl resume): each still due is re-scored to
--- its earliest deadline and marked "pass", so the brake lets it through once; the window of signals starts anew.
+-- its earliest deadline and marked "pass <now>", so the brake lets it through once (within a minute); the window of
+-- signals starts anew.
 -- KEYS[1] deadlines  zset    member = worker id, score = that worker's earliest deadline (ms, server clock)
 -- KEYS[2] held       hash    worker -> why it is held (claim_expired.lua)
 -- KEYS[3] signals    zset    signals of the last minute (claim_expired.lua): deleted
@@ -34,7 +35,7 @@ for i = 2, #ARGV do
     redis.call('ZADD', deadlines_key, earliest, worker)
   end
   if earliest and earliest <= now then
-    redis.call('HSET', held_key, worker, 'pass')
+    redis.call('HSET', held_key, worker, 'pass ' .. int_text(now))
     due = due + 1
   else
     redis.call('HDEL', held_key, worker)

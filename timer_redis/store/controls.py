@@ -279,6 +279,44 @@ class ControlsStore(StoreBase):
                     continue
         return aggregate(merge_counts(*hashes), window_of(since_ms))
 
+    def tidy_controls(self) -> int:
+        """A watchdog heartbeat's housekeeping of the controls: scope statistics older than an hour
+        (``forget_old_scope_stats``) and held marks of workers that hold no timer any more (a worker that released
+        while held), each a bounded scan a shard.
+
+        Returns:
+            How many fields were deleted.
+        """
+        return self.forget_old_scope_stats() + self.forget_gone_held()
+
+    def forget_gone_held(self, count: int = SCOPESTATS_SCAN) -> int:
+        """Delete held marks of workers gone from deadlines: one HSCAN step of ``count`` a shard, resumed where the
+        last call stopped.
+
+        Returns:
+            How many marks were deleted.
+        """
+        cursors: dict[int, int] = self.__dict__.setdefault("_held_cursors", {})
+        deleted = 0
+        for keys in self.shard_keys:
+            with self.translated_errors(keys.held):
+                try:
+                    cursor, marks = self.redis.hscan(keys.held, cursors.get(keys.shard, 0), count=count)
+                except redis.ResponseError:
+                    continue
+                cursors[keys.shard] = int(cursor)
+                workers = list(marks)
+                if not workers:
+                    continue
+                pipe = self.redis.pipeline(transaction=False)
+                for worker in workers:
+                    pipe.zscore(keys.deadlines, worker)
+                scores = pipe.execute(raise_on_error=False)
+                gone = [worker for worker, score in zip(workers, scores, strict=True) if score is None]
+                if gone:
+                    deleted += int(self.redis.hdel(keys.held, *gone))
+        return deleted
+
     def forget_old_scope_stats(self, count: int = SCOPESTATS_SCAN) -> int:
         """Delete scope statistics of windows older than an hour (and fields that are not statistics): one HSCAN
         step of ``count`` fields per shard, resumed where the last call stopped.
