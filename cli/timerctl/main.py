@@ -286,6 +286,9 @@ def print_pass(result: PassResult, as_json: bool) -> None:
                 "next_deadline_ms": result.next_deadline_ms,
                 "backlog": result.backlog,
                 "claimed": [vars(claim) for claim in result.claimed],
+                "shadowed": [vars(claim) for claim in result.shadowed],
+                "held": result.held,
+                "braked": result.braked,
                 "delivered": [
                     {
                         "worker": order.worker,
@@ -301,6 +304,13 @@ def print_pass(result: PassResult, as_json: bool) -> None:
         )
         return
     click.echo(f"claimed {plural(len(result.claimed), 'timer')}, delivered {plural(len(result.delivered), 'order')}")
+    controlled = (
+        [f"{plural(len(result.shadowed), 'worker')} claimed in shadow mode (not signalled)"] * bool(result.shadowed)
+        + [f"{result.held} held by a pause"] * bool(result.held)
+        + [f"{result.braked} braked"] * bool(result.braked)
+    )
+    if controlled:
+        click.echo(", ".join(controlled))
     for order, outcome in result.delivered:
         click.echo(f"  {outcome.outcome.value:<13} {order.worker}  {order.scope_id}  {outcome.detail}")
 

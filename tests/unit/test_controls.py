@@ -210,6 +210,8 @@ def test_the_rate_limit_brakes_past_n_signals_a_minute_then_resume_lets_them_thr
     again = store.claim_expired(100, "r")
     assert (again.claimed, again.braked) == ([], 5)
     assert types(store).count("braked") == 5, "one braked event per worker while braked"
+    details = {e.fields["detail"] for e in store.events(100) if e.type == "braked"}
+    assert details == {"braked: 3 signals in the last minute, the limit is 3"}
     assert store.resume() == 5
     assert len(store.claim_expired(100, "r").claimed) == 5
 

@@ -44,7 +44,7 @@
 --          deadline_ms, ttl_ms, signal, kill_after_ms, dump_signal, group, mac)
 -- Events   "expired" per reaped worker (with mode "shadow" when claimed in shadow), then "would-signal" for those;
 --          "held" once per worker and pause (its score moves to the pause end); "braked" once per worker while
---          braked (its score moves recheck_ms on); "malformed" {key, detail} per thing taken out of the path: a
+--          braked, its detail saying why (its score moves recheck_ms on); "malformed" {key, detail} per thing taken out of the path: a
 --          record that holds another type or lines that do not parse, a deadline with no record, a member that
 --          names no worker, a score below every timer of its worker (moved to its earliest timer), a key of ours
 --          that holds another type (deleted: it held nothing of ours). SPUBLISH wake "deliver <node>" per node
@@ -249,10 +249,11 @@ for i = 1, worker_count do
             held_marks[#held_marks + 1] = mark
             if verdict == 'pause' then
               events[#events + 1] = {'type', 'held', 'worker', worker, 'scope_id', first.scope,
-                'deadline_ms', first.deadline_text, 'until_ms', int_text(pause_until), 'claimer', claimer}
+                'deadline_ms', first.deadline_text, 'until_ms', int_text(pause_until), 'claimer', claimer,
+                'detail', 'paused: held until the pause ends'}
             else
               events[#events + 1] = {'type', 'braked', 'worker', worker, 'scope_id', first.scope,
-                'deadline_ms', first.deadline_text, 'reason', why, 'claimer', claimer}
+                'deadline_ms', first.deadline_text, 'claimer', claimer, 'detail', 'braked: ' .. why}
             end
           end
           if verdict == 'pause' then held_count = held_count + 1 else braked_count = braked_count + 1 end
@@ -274,7 +275,8 @@ for i = 1, worker_count do
             events[#events + 1] = expired
             events[#events + 1] = {'type', 'would-signal', 'worker', worker, 'scope_id', first.scope,
               'deadline_ms', first.deadline_text, 'signal', int_text(fields.signal),
-              'pid', string.match(worker, ':(%d+):%d+$'), 'claimed_ms', now_text, 'claimer', claimer}
+              'pid', string.match(worker, ':(%d+):%d+$'), 'claimed_ms', now_text, 'claimer', claimer,
+              'detail', 'shadow mode: signal ' .. int_text(fields.signal) .. ' not sent'}
             shadowed[#shadowed + 1] = packed
           else
             events[#events + 1] = expired
