@@ -33,6 +33,7 @@ SCRIPT_NAMES = (
     "forget_idle_consumers",
     "forget_node",
     "resume",
+    "end_pause",
 )
 
 # Scripts whose header declares a variable part of KEYS (``KEYS[n..]``) after the fixed ones.
@@ -231,6 +232,10 @@ class Scripts:
         """Run resume.lua on held ``workers`` of one shard; returns how many are due now."""
         script_keys = [keys.deadlines, keys.held, keys.signals, *(keys.worker(worker) for worker in workers)]
         return int(self.run("resume", client, script_keys, [keys.wake_channel, *workers]))
+
+    def end_pause(self, client: Any, keys: Keys, pause: str, maxlen: int, until_ms: int) -> bool:
+        """Run end_pause.lua; True when this call removed the ended pause (and wrote its event)."""
+        return bool(self.run("end_pause", client, [keys.controls, keys.events], [pause, maxlen, until_ms]))
 
     def finish_delivery(
         self,

@@ -105,6 +105,9 @@ def test_a_pause_that_ends_by_itself_lets_the_hung_worker_be_killed(
     hung.join(10)
     assert hung.exitcode == -signal.SIGKILL
     assert events_of(real_store, hung) == ["held", "expired", "delivered"]
+    wait_for(lambda: any(e.fields.get("reason") == "the pause ended" for e in real_store.events(100)),
+             what="a heartbeat to record the end of the pause")  # fmt: skip
+    assert json.loads(ok(real_store.url, "stats", "--json"))["controls"]["pause"] is None
 
 
 def test_the_brake_lets_10_of_50_due_workers_die_and_resume_the_rest(real_store: TimerStore) -> None:

@@ -344,3 +344,29 @@ def test_a_resume_mark_lets_a_worker_past_the_brake_only_within_a_minute(store: 
     store.redis.hset(store.keys.held, ALICE.worker_id, f"pass {store.server_time_ms()}")
     store.redis.zadd(store.keys.deadlines, {ALICE.worker_id: 1})
     assert len(store.claim_expired(10, "r").claimed) == 1
+
+
+def test_a_pause_that_ended_is_removed_once_with_a_resumed_event(store: TimerStore) -> None:
+    store.pause(60)
+    assert store.end_ended_pause() == 0, "not ended yet"
+    ended = json.dumps({"until_ms": store.server_time_ms() - 1, "scope": "*", "reason": "maint"})
+    store.redis.hset(store.keys.controls, "pause", ended)
+    assert store.tidy_controls() == 1
+    assert store.end_ended_pause() == 0 and store.read_controls().pause is None
+    resumed = [e for e in store.events(100) if e.type == "resumed"]
+    assert len(resumed) == 1 and resumed[0].fields["reason"] == "the pause ended"
+
+
+def test_our_keys_of_another_type_are_replaced_and_claiming_and_releasing_go_on(store: TimerStore) -> None:
+    store.set_limit(10)
+    for key in (store.keys.held, store.keys.signals, store.keys.scopestats):
+        store.redis.set(key, "garbage")
+    store.acquire(ALICE, "kept", 30)
+    assert store.release(ALICE, "kept") is True, "a scopestats of another type does not fail a release"
+    due(store, ALICE)
+    assert len(store.claim_expired(10, "r").claimed) == 1
+    details = [e.fields["detail"] for e in store.events(100) if e.type == "malformed"]
+    assert len(details) == 3 and all("instead of a" in detail for detail in details)
+    store.acquire(ALICE, "kept", 30)
+    assert store.release(ALICE, "kept") is True
+    assert store.scope_stats()[0].releases == 1

@@ -281,13 +281,31 @@ class ControlsStore(StoreBase):
 
     def tidy_controls(self) -> int:
         """A watchdog heartbeat's housekeeping of the controls: scope statistics older than an hour
-        (``forget_old_scope_stats``) and held marks of workers that hold no timer any more (a worker that released
-        while held), each a bounded scan a shard.
+        (``forget_old_scope_stats``), held marks of workers that hold no timer any more (a worker that released
+        while held), each a bounded scan a shard, and a pause that has ended (``end_ended_pause``).
 
         Returns:
             How many fields were deleted.
         """
-        return self.forget_old_scope_stats() + self.forget_gone_held()
+        return self.forget_old_scope_stats() + self.forget_gone_held() + self.end_ended_pause()
+
+    def end_ended_pause(self) -> int:
+        """Remove the pause if it has ended, with one ``resumed`` event ("the pause ended"): its end is in the
+        audit trail even when nobody ran ``resume``.
+
+        Returns:
+            1 when this call removed it, else 0.
+        """
+        pause = self.read_controls().pause
+        if pause is None or pause.until_ms > self.server_time_ms():
+            return 0
+        with self.translated_errors(self.keys.controls):
+            raw = self.redis.hget(self.keys.controls, PAUSE_FIELD)
+            if raw is None:
+                return 0
+            ended = self.scripts.end_pause(self.redis, self.keys, as_text(raw), self.settings.events_maxlen,
+                                           pause.until_ms)  # fmt: skip
+        return int(ended)
 
     def forget_gone_held(self, count: int = SCOPESTATS_SCAN) -> int:
         """Delete held marks of workers gone from deadlines: one HSCAN step of ``count`` a shard, resumed where the
