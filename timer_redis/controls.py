@@ -52,7 +52,7 @@ MAX_SCOPE_GLOBS = 64
 MAX_LIMIT = 1_000_000
 MAX_REASON_LENGTH = 200
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
-# Lua pattern characters that need a % before them to stand for themselves.
+# Lua pattern characters that need a % before them to stand for themselves (in a segment of a compiled glob).
 _LUA_MAGIC = frozenset(b"^$()%.[]*+-?")
 # One UTF-8 character (a lead byte and its continuation bytes): what fnmatch's "?" matches in a str. Scopes hold
 # no control characters, so \x01 is the lowest byte needed (Lua 5.1 patterns cannot hold a NUL).
@@ -64,7 +64,7 @@ def check_glob(glob: object) -> str:
 
     Raises:
         InvalidArgumentError: not a string, empty, over 256 characters, holding a control character, or more
-            than 8 ``*`` (each one makes matching slower on long scopes, and the claim script runs it).
+            than 8 ``*`` (the claim script matches every due worker's scope against it).
     """
     if not isinstance(glob, str) or not glob:
         raise InvalidArgumentError(f"scope glob must be a non-empty string, got {glob!r}")
@@ -81,26 +81,27 @@ def check_glob(glob: object) -> str:
     return glob
 
 
-def glob_to_lua_pattern(glob: str) -> bytes:
-    """The anchored Lua pattern (bytes, as the claim script receives it) that matches the UTF-8 bytes of exactly
-    the scopes ``fnmatch.fnmatchcase(scope, glob)`` matches, for globs of ``*`` and ``?`` (any other character,
-    ``[`` included, stands for itself).
+def compile_glob(glob: str) -> bytes:
+    """``glob`` as the claim script matches it (``lua/includes/globs.lua``): its segments (the parts between its
+    stars, runs of stars counting as one) separated by tabs, each a Lua pattern that matches the UTF-8 bytes of
+    exactly what the segment matches in ``fnmatch.fnmatchcase`` (``?`` one character, anything else itself, ``[``
+    included). A glob without a star is one segment.
 
     Raises:
         InvalidArgumentError: ``glob`` is not a usable glob (``check_glob``).
     """
     check_glob(glob)
-    parts = [b"^"]
-    for character in re.sub(r"\*+", "*", glob):
-        if character == "*":
-            parts.append(b".*")
-        elif character == "?":
-            parts.append(_ANY_CHARACTER)
-        else:
-            parts.append(b"".join(b"%" + bytes([byte]) if byte in _LUA_MAGIC else bytes([byte])
-                                  for byte in character.encode()))  # fmt: skip
-    parts.append(b"$")
-    return b"".join(parts)
+    segments = []
+    for part in re.sub(r"\*+", "*", glob).split("*"):
+        pattern = b""
+        for character in part:
+            if character == "?":
+                pattern += _ANY_CHARACTER
+            else:
+                pattern += b"".join(b"%" + bytes([byte]) if byte in _LUA_MAGIC else bytes([byte])
+                                    for byte in character.encode())  # fmt: skip
+        segments.append(pattern)
+    return b"\t".join(segments)
 
 
 def glob_matches(glob: str, scope_id: str) -> bool:
@@ -363,8 +364,8 @@ class ClaimGate:
     def script_args(self) -> list[bytes | str | int]:
         """ARGV 6-16 of claim_expired.lua."""
         controls = self.controls
-        shadow = [glob_to_lua_pattern(glob) for glob in controls.shadow_globs()]
-        enforce = [glob_to_lua_pattern(g) for g, mode in sorted(controls.scope_modes.items()) if mode == "enforce"]
+        shadow = [compile_glob(glob) for glob in controls.shadow_globs()]
+        enforce = [compile_glob(g) for g, mode in sorted(controls.scope_modes.items()) if mode == "enforce"]
         if controls.mode != "shadow":
             enforce = []  # enforcing is the default: only exceptions to a shadow namespace need patterns
         pause = controls.pause
@@ -375,7 +376,7 @@ class ClaimGate:
             b"\n".join(shadow),
             b"\n".join(enforce),
             pause.until_ms if pause is not None else 0,
-            glob_to_lua_pattern(pause.scope) if pause is not None else b"",
+            compile_glob(pause.scope) if pause is not None else b"",
             controls.brake.reason[:120] if controls.brake is not None else "",
             self._share(controls.limit) if controls.limit else 0,
             node_limits,

@@ -6,9 +6,11 @@ kill-rate brake (50 workers due at once under a limit of 10 a minute), and garba
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import multiprocessing
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -157,3 +159,37 @@ def test_garbage_in_the_controls_hash_is_reported_and_ignored(
     assert len(malformed) == 1 and "shadow-ish" in malformed[0].fields["detail"]
     stats = json.loads(ok(real_store.url, "stats", "--json"))
     assert stats["controls"]["mode"] == "enforce" and len(stats["controls"]["problems"]) == 3
+
+
+GLOB_CASES = [
+    ("train.py#*", "train.py#42", True),
+    ("train.py#*", "train_py#42", False),
+    ("step-?", "step-✓", True),
+    ("step-?", "step-✓✓", False),
+    ("*é*", "café au lait", True),
+    ("a*b?c*", "a-b✓c", True),
+    ("[x]*", "[x]y", True),
+    ("100%*", "100%", True),
+    ("*", "anything at all", True),
+    ("*a*b", "abab", True),
+    ("*a*b", "abba", False),
+]
+
+
+@pytest.mark.parametrize(("glob", "scope", "expected"), GLOB_CASES)
+def test_globs_match_on_the_real_redis_as_fnmatchcase(real_store: TimerStore, glob: str, scope: str,
+                                                       expected: bool) -> None:  # fmt: skip
+    from tests.unit.test_controls import lua_matches
+
+    assert fnmatch.fnmatchcase(scope, glob.replace("[", "[[]")) is expected
+    assert lua_matches(real_store.redis, glob, scope) is expected
+
+
+def test_a_glob_of_many_stars_on_a_long_scope_is_matched_in_linear_time(real_store: TimerStore) -> None:
+    """A backtracking pattern (.*a.*a...b) would take hours here and block Redis; segments take microseconds."""
+    from tests.unit.test_controls import lua_matches
+
+    started = time.monotonic()
+    for _ in range(20):
+        assert not lua_matches(real_store.redis, "*a*a*a*a*a*a*a*b", "a" * 1024)
+    assert time.monotonic() - started < 1.0

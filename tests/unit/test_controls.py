@@ -1,4 +1,4 @@
-"""Operator controls on fakeredis: parsing the controls hash, glob -> Lua pattern, and the claim's decisions per due
+"""Operator controls on fakeredis: parsing the controls hash, globs as the claim matches them, and its decisions per due
 worker (pause, shadow, brake by rate, clock jump and mass due, resume)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import logging
 
 import fakeredis
 import pytest
+import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,9 +20,10 @@ from timer_redis.controls import (
     ClockWatch,
     Controls,
     check_glob,
+    compile_glob,
     glob_matches,
-    glob_to_lua_pattern,
 )
+from timer_redis.scripts import with_includes
 
 ALICE = Owner("node-a", 101, 5001)
 
@@ -93,11 +95,11 @@ def test_a_field_that_does_not_parse_is_listed_and_its_default_applies(name: byt
 # -- globs -----------------------------------------------------------------------------------------------------------
 
 SCOPE_ALPHABET = st.sampled_from(list("ab.%*?[]()^$-+#/ é✓"))
-LUA_FIND = "return string.find(ARGV[1], ARGV[2]) and 1 or 0"
+LUA_MATCH = with_includes('--- @include "globs"\nreturn glob_match(ARGV[1], glob_segments(ARGV[2])) and 1 or 0')
 
 
-def lua_matches(client: fakeredis.FakeRedis, glob: str, scope: str) -> bool:
-    return bool(client.eval(LUA_FIND, 0, scope.encode(), glob_to_lua_pattern(glob)))
+def lua_matches(client: fakeredis.FakeRedis | redis.Redis, glob: str, scope: str) -> bool:
+    return bool(client.eval(LUA_MATCH, 0, scope.encode(), compile_glob(glob)))
 
 
 @settings(max_examples=300, deadline=None)

@@ -18,10 +18,10 @@
 -- ARGV[3] wake       shard channel the watchdogs sleep on
 -- ARGV[4] w          int >= 0, how many candidate workers
 -- ARGV[5] n          int >= 0, how many nodes
--- ARGV[6] shadow     anchored Lua patterns (controls.py), one a line: scopes claimed without a signal
--- ARGV[7] enforce    anchored Lua patterns, one a line: scopes signalled although a shadow pattern matches
+-- ARGV[6] shadow     compiled scope globs (controls.py, includes/globs.lua), one a line: scopes claimed unsignalled
+-- ARGV[7] enforce    compiled scope globs, one a line: scopes signalled although a shadow glob matches
 -- ARGV[8] pause_until  int >= 0: due timers of scopes matching ARGV[9] are held until then (0 = no pause)
--- ARGV[9] pause_scope  anchored Lua pattern of the paused scopes
+-- ARGV[9] pause_scope  the compiled glob of the paused scopes
 -- ARGV[10] brake     why the namespace brake is engaged ("" = it is not): every due worker is braked
 -- ARGV[11] limit     int >= 0, most signals of this shard in the last minute (0 = no limit)
 -- ARGV[12] node_limits  "<node> <limit>" lines: most signals of this shard per node in the last minute
@@ -50,6 +50,7 @@
 --          that holds another type (deleted: it held nothing of ours). SPUBLISH wake "deliver <node>" per node
 --          with new orders.
 --- @include "prelude"
+--- @include "globs"
 local deadlines_key = KEYS[1]
 local events_key = KEYS[2]
 local nodes_key = KEYS[3]
@@ -90,12 +91,8 @@ if not share_ppm then return bad_arg('mass_due', mass_due_text) end
 share_ppm, min_due, rest_until = tonumber(share_ppm), tonumber(min_due), tonumber(rest_until)
 local node_limits = {}
 for node, node_limit in string.gmatch(node_limits_text, '([^%s]+) (%d+)') do node_limits[node] = tonumber(node_limit) end
-local function lines_of(text)
-  local list = {}
-  for line in string.gmatch(text, '[^\n]+') do list[#list + 1] = line end
-  return list
-end
-local shadow_patterns, enforce_patterns = lines_of(shadow_text), lines_of(enforce_text)
+local shadow_globs, enforce_globs = glob_list(shadow_text), glob_list(enforce_text)
+local pause_glob = glob_segments(pause_scope)
 if #KEYS ~= FIXED_KEYS + worker_count + node_count then return bad_arg('keys', #KEYS) end
 if #ARGV < FIXED_ARGV + 2 * worker_count + node_count then return bad_arg('argv', #ARGV) end
 local first_worker, first_index, first_node = FIXED_ARGV + 1, FIXED_ARGV + 1 + worker_count,
@@ -170,13 +167,6 @@ end
 local any_held = worker_count > 0 and redis.call('HLEN', held_key) > 0
 local stats_window = int_text(now - now % 600000)
 
-local function matches_any(scope, patterns)
-  for _, pattern in ipairs(patterns) do
-    if string.find(scope, pattern) then return true end
-  end
-  return false
-end
-
 -- Whether a held worker was let through by a resume (within the last minute: a mark that outlived its purpose, the
 -- worker having released meanwhile, must not let a later expiry skip the brake).
 local function passes(held_as)
@@ -187,9 +177,9 @@ end
 
 -- What happens to a due worker whose first due timer is `first`: 'pause', 'shadow', 'brake' (with why) or 'signal'.
 local function judge(worker, node, first, held_as)
-  if pause_until > now and string.find(first.scope, pause_scope) then return 'pause' end
-  if #shadow_patterns > 0 and matches_any(first.scope, shadow_patterns)
-      and not matches_any(first.scope, enforce_patterns) then
+  if pause_until > now and glob_match(first.scope, pause_glob) then return 'pause' end
+  if #shadow_globs > 0 and glob_match_any(first.scope, shadow_globs)
+      and not glob_match_any(first.scope, enforce_globs) then
     return 'shadow'
   end
   if passes(held_as) then return 'signal' end
