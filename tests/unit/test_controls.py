@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import math
 
 import fakeredis
 import pytest
@@ -372,3 +373,33 @@ def test_our_keys_of_another_type_are_replaced_and_claiming_and_releasing_go_on(
     store.acquire(ALICE, "kept", 30)
     assert store.release(ALICE, "kept") is True
     assert store.scope_stats()[0].releases == 1
+
+
+def test_metrics_show_the_controls_and_count_what_the_claims_held(store: TimerStore) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from timer_redis import Watchdog
+    from timer_redis.metrics import WatchdogMetrics
+
+    def samples(metrics: WatchdogMetrics) -> dict[str, float]:
+        text = metrics.render().decode()
+        return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+    metrics = WatchdogMetrics(store)
+    before = samples(metrics)
+    assert (before["timer_redis_paused"], before["timer_redis_shadow_mode"], before["timer_redis_brake_engaged"]) == (
+        0, 0, 0)  # fmt: skip
+    assert math.isnan(before["timer_redis_signal_limit_per_minute"])
+    store.set_mode("shadow", scope="s*")
+    store.pause(60, scope="p*")
+    store.set_limit(7)
+    store.engage_brake("test")
+    due(store, ALICE, "p1")
+    due(store, "node-a:102:5002", "s1")
+    due(store, "node-a:103:5003", "other")
+    Watchdog(store=store, metrics=metrics, node="node-a").run_once()
+    after = samples(metrics)
+    assert after["timer_redis_paused"] == after["timer_redis_brake_engaged"] == 1
+    assert (after["timer_redis_shadow_scopes"], after["timer_redis_signal_limit_per_minute"]) == (1, 7)
+    assert (after["timer_redis_held_total"], after["timer_redis_braked_total"]) == (1, 1)
+    assert after["timer_redis_would_signal_total"] == 1 and after["timer_redis_held_workers"] == 2
