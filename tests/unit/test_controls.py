@@ -403,3 +403,17 @@ def test_metrics_show_the_controls_and_count_what_the_claims_held(store: TimerSt
     assert (after["timer_redis_shadow_scopes"], after["timer_redis_signal_limit_per_minute"]) == (1, 7)
     assert (after["timer_redis_held_total"], after["timer_redis_braked_total"]) == (1, 1)
     assert after["timer_redis_would_signal_total"] == 1 and after["timer_redis_held_workers"] == 2
+
+
+def test_shadow_clears_only_the_shadowed_timers_of_a_worker_that_lives_on(store: TimerStore) -> None:
+    store.set_mode("shadow", scope="inner*")
+    store.acquire(ALICE, "outer", 0.05)  # enforced, due a little later
+    store.acquire(ALICE, "later", 60)
+    due(store, ALICE, "inner-step")
+    result = store.claim_expired(10, "r")
+    assert [c.scope_id for c in result.shadowed] == ["inner-step"] and result.claimed == []
+    assert sorted(t.scope_id for t in store.list()) == ["later", "outer"], "its other timers still count"
+    assert store.count() == 2
+    wait_until_due(store, store.get(ALICE, "outer").deadline_ms)  # type: ignore[union-attr]
+    assert [c.scope_id for c in store.claim_expired(10, "r").claimed] == ["outer"], "and the enforced one fires"
+    assert store.count() == 0

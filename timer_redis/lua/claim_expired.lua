@@ -42,7 +42,8 @@
 -- Orders   one XADD per node that got orders, field "o1": one line per reaped worker, its fields separated by tabs:
 --          "<worker> <claimed_ms> <claimer> <the record line of its first due timer>" (records.py: scope_id,
 --          deadline_ms, ttl_ms, signal, kill_after_ms, dump_signal, group, mac)
--- Events   "expired" per reaped worker (with mode "shadow" when claimed in shadow), then "would-signal" for those;
+-- Events   "expired" per reaped worker (with mode "shadow" when claimed in shadow: only its due timers of shadowed
+--          scopes are cleared, as it lives on), then "would-signal" for those;
 --          "held" once per worker and pause (its score moves to the pause end); "braked" once per worker while
 --          braked, its detail saying why (its score moves recheck_ms on); "malformed" {key, detail} per thing taken out of the path: a
 --          record that holds another type or lines that do not parse, a deadline with no record, a member that
@@ -175,13 +176,15 @@ local function passes(held_as)
   return since ~= nil and now - since < 60000
 end
 
+-- Whether a scope is in shadow mode.
+local function in_shadow(scope)
+  return #shadow_globs > 0 and glob_match_any(scope, shadow_globs) and not glob_match_any(scope, enforce_globs)
+end
+
 -- What happens to a due worker whose first due timer is `first`: 'pause', 'shadow', 'brake' (with why) or 'signal'.
 local function judge(worker, node, first, held_as)
   if pause_until > now and glob_match(first.scope, pause_glob) then return 'pause' end
-  if #shadow_globs > 0 and glob_match_any(first.scope, shadow_globs)
-      and not glob_match_any(first.scope, enforce_globs) then
-    return 'shadow'
-  end
+  if in_shadow(first.scope) then return 'shadow' end
   if passes(held_as) then return 'signal' end
   if brake_reason ~= '' then return 'brake', brake_reason end
   if limit > 0 and sent_total >= limit then
@@ -249,9 +252,25 @@ for i = 1, worker_count do
           if verdict == 'pause' then held_count = held_count + 1 else braked_count = braked_count + 1 end
         else
           -- One order per worker: its first due timer reaps it and clears all of its timers (torch clear_timers).
-          doomed_members[#doomed_members + 1] = worker
-          doomed_keys[#doomed_keys + 1] = worker_key
-          removed_extra = removed_extra + #entries - 1
+          -- In shadow mode the worker lives on: only its due timers of shadowed scopes go, and a due one of an
+          -- enforced scope is judged in the next pass.
+          local kept, kept_earliest = {}, nil
+          if verdict == 'shadow' then
+            for _, entry in ipairs(entries) do
+              if entry.deadline > now or not in_shadow(entry.scope) then
+                kept[#kept + 1] = entry.line
+                if not kept_earliest or entry.deadline < kept_earliest then kept_earliest = entry.deadline end
+              end
+            end
+          end
+          if #kept > 0 then
+            rewrites[#rewrites + 1] = {worker, worker_key, kept, kept_earliest}
+            removed_extra = removed_extra + #entries - #kept
+          else
+            doomed_members[#doomed_members + 1] = worker
+            doomed_keys[#doomed_keys + 1] = worker_key
+            removed_extra = removed_extra + #entries - 1
+          end
           if held_as then unheld[#unheld + 1] = worker end
           local fields = parse_entry(first.line)
           local stats_field = stats_window .. '\t' .. int_text(fields.ttl) .. '\tx\t' .. first.scope
