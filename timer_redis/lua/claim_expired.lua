@@ -99,7 +99,6 @@ if #ARGV < FIXED_ARGV + 2 * worker_count + node_count then return bad_arg('argv'
 local first_worker, first_index, first_node = FIXED_ARGV + 1, FIXED_ARGV + 1 + worker_count,
   FIXED_ARGV + 1 + 2 * worker_count
 local first_stray = first_node + node_count
-local first_record_key = FIXED_KEYS + 1
 
 local events = {}
 local function report(key, detail)
