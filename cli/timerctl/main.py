@@ -563,7 +563,8 @@ def in_or_overdue(remaining_ms: int) -> str:
 
 KNOWN_EVENT_TYPES = (
     "expired", "delivered", "owner-gone", "refused", "signal-failed", "released", "malformed",
-    "would-signal", "held", "braked", "group-expired", "mode", "paused", "resumed", "limit", "brake-engaged",
+    "would-signal", "held", "braked", "group-expired", "mode", "paused", "resumed", "limit",
+    "brake-engaged", "brake-released",
 )  # fmt: skip
 # Timers looked at to name the nodes that have some, when a --node filter matched nothing.
 NODES_SAMPLE = 1000

@@ -243,7 +243,9 @@ def test_a_clock_jump_brakes_the_pass_and_engages_the_brake_until_resume(store: 
     assert types(store).count("brake-engaged") == 1
     store.redis.zadd(store.keys.deadlines, {ALICE.worker_id: 1})
     assert store.claim_expired(10, "r", clock=clock).braked == 1, "engaged until resume"
-    store.resume()
+    store.resume(reason="checked the clock")
+    released = [e for e in store.events(100) if e.type == "brake-released"]
+    assert len(released) == 1 and "clock jumped" in released[0].fields["engaged_by"]
     assert [c.worker for c in store.claim_expired(10, "r", clock=clock).claimed] == [ALICE.worker_id]
 
 

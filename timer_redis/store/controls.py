@@ -1,10 +1,10 @@
 """Operator controls of ``TimerStore``: the namespace mode, a pause, signal limits and the brake, kept in one hash on
 shard 0 (``Keys.controls``, model in ``timer_redis.controls``), and the held workers of each shard.
 
-Every change writes one event (``mode``, ``paused``, ``resumed``, ``limit``, ``brake-engaged``) naming who made
-it. The hash is read like everything in Redis: a field that does not parse is logged once per distinct value,
-reported once with a ``malformed`` event, and ignored (its default applies); a hash of another type counts as
-empty. Claims never fail on it.
+Every change writes one event (``mode``, ``paused``, ``resumed``, ``limit``, ``brake-engaged``,
+``brake-released``) naming who made it. The hash is read like everything in Redis: a field that does not parse is
+logged once per distinct value, reported once with a ``malformed`` event, and ignored (its default applies); a
+hash of another type counts as empty. Claims never fail on it.
 """
 
 from __future__ import annotations
@@ -162,7 +162,12 @@ class ControlsStore(StoreBase):
         """
         check_reason(reason)
         now_ms = self.server_time_ms()
-        event = {"type": "resumed", "reason": reason, "by": by or operator()}
+        who = by or operator()
+        brake = self.read_controls().brake
+        if brake is not None:  # the brake-released event first, naming what had engaged it
+            released = {"type": "brake-released", "reason": reason, "engaged_by": brake.reason, "by": who}
+            self._change(released, hdel=[BRAKE_FIELD])
+        event = {"type": "resumed", "reason": reason, "by": who}
         self._change(event, {RESUMED_FIELD: str(now_ms)}, [PAUSE_FIELD, BRAKE_FIELD])
         due = 0
         for keys in self.shard_keys:
