@@ -185,6 +185,10 @@ class Keys:
         escalations: zset, delivered orders whose SIGKILL is due later: member = the order line, score = when (ms,
             Redis clock; escalate.lua moves due ones to their node's stream).
         dumps: zset, the stack dumps kept (``dump``), scored by when they were taken (ms), capped in count.
+        controls: hash, the operator controls of the namespace (shard 0's; controls.py).
+        held: hash, workers held by a pause or the brake -> why ("pause <until_ms>", "brake", "pass").
+        signals: zset, signals of the last minute ("<ms> <worker>", scored by ms), kept only under a limit.
+        scopestats: hash, how long blocks held their timers, per 10-minute window (scopestats.py).
     """
 
     def __init__(self, namespace: str, shard: int = 0, shards: int = 1) -> None:
@@ -207,6 +211,10 @@ class Keys:
         self.wake_channel = self.prefix + "wake"
         self.escalations = self.prefix + "escalations"
         self.dumps = self.prefix + "dumps"
+        self.controls = self.prefix + "controls"
+        self.held = self.prefix + "held"
+        self.signals = self.prefix + "signals"
+        self.scopestats = self.prefix + "scopestats"
 
     def worker(self, worker: str) -> str:
         """String: the record of one worker's timers (records.py)."""

@@ -1,7 +1,8 @@
 """Loads ``lua/*.lua``, registers them on one Redis client, and exposes one typed method per script.
 
 A line ``--- @include "<name>"`` in a script is replaced by ``lua/includes/<name>.lua`` when it loads (as BullMQ's
-includes), so helpers shared by several scripts are written once. Each script's header is its contract: the
+includes), so helpers shared by several scripts are written once; only the definitions the script uses are pasted
+in, since Redis runs a script's whole text on every call. Each script's header is its contract: the
 number of KEYS a script takes is read from its ``-- KEYS[n]`` lines, and every call is checked against it.
 Scripts report domain failures with ``error_reply("<CODE> detail")``; ``ERROR_CODES`` maps each CODE to the
 exception raised here, and the detail (which names the bad value) becomes its message.
@@ -17,6 +18,7 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
+from .controls import NO_CONTROLS, ClaimGate
 from .errors import InvalidArgumentError, TimerRedisError, WrongTypeError
 from .keys import Keys
 from .records import WorkerOptions
@@ -33,13 +35,18 @@ SCRIPT_NAMES = (
     "forget_node",
     "escalate",
     "expand_group",
+    "resume",
+    "end_pause",
 )
-# Scripts whose header declares a variable part of KEYS (``KEYS[6..]``): a call passes at least the fixed ones.
-VARIADIC_KEYS = frozenset({"claim_expired", "escalate", "expand_group"})
+# Scripts whose header declares a variable part of KEYS (``KEYS[n..]``) after the fixed ones.
+VARIADIC_KEYS = frozenset({"claim_expired", "resume", "escalate", "expand_group"})
 
 # Most timers one worker may hold: its record is rewritten on every acquire and release, so a runaway program
 # that never releases is stopped here, with a clear error, instead of making each call slower.
 MAX_TIMERS_PER_WORKER = 1024
+
+# The gate of a claim with no controls set (enforce, no pause, no limit, the brake's default triggers).
+OPEN_GATE = ClaimGate(NO_CONTROLS)
 
 _INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.M)
 _HEADER_KEY = re.compile(r"^-- KEYS\[(\d+)\]", re.M)
@@ -55,9 +62,50 @@ def _lua_file(*parts: str) -> str:
     return resources.files(__package__).joinpath("lua", *parts).read_text(encoding="utf-8")
 
 
+# A definition of an include file: a paragraph (comments and code up to a blank line) that defines locals.
+_DEFINES = re.compile(r"^local (?:function )?([A-Za-z_][A-Za-z0-9_]*(?:, *[A-Za-z_][A-Za-z0-9_]*)*)", re.M)
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_COMMENT = re.compile(r"--.*$", re.M)
+
+
+def _words(code: str) -> set[str]:
+    """The identifiers ``code`` mentions outside its comments."""
+    return set(_WORD.findall(_COMMENT.sub("", code)))
+
+
+def _definitions(include: str) -> list[tuple[set[str], str]]:
+    """The paragraphs of an include file that define locals, each with the names it defines, in file order."""
+    paragraphs = []
+    for paragraph in include.split("\n\n"):
+        names = {name.strip() for match in _DEFINES.findall(paragraph) for name in match.split(",")}
+        if names:
+            paragraphs.append((names, paragraph.strip("\n")))
+    return paragraphs
+
+
+def _needed(include: str, body: str) -> str:
+    """The definitions of ``include`` that ``body`` uses, and those they use in turn, in file order: every local a
+    script defines costs it a closure or a value on each call (Redis runs the whole text each time), so a script
+    carries only what it calls."""
+    definitions = _definitions(include)
+    used = _words(body)
+    kept: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for index, (names, text) in enumerate(definitions):
+            if index not in kept and names & used:
+                kept.add(index)
+                used |= _words(text)
+                changed = True
+    return "\n\n".join(text for index, (_, text) in enumerate(definitions) if index in kept)
+
+
 def with_includes(source: str) -> str:
-    """``source`` with each ``--- @include "<name>"`` line replaced by ``lua/includes/<name>.lua``."""
-    return _INCLUDE.sub(lambda match: _lua_file("includes", f"{match.group(1)}.lua").rstrip("\n"), source)
+    """``source`` with each ``--- @include "<name>"`` line replaced by what the script uses of
+    ``lua/includes/<name>.lua`` (its definitions the script calls, directly or through another)."""
+    body = _INCLUDE.sub("", source)
+    return _INCLUDE.sub(lambda match: _needed(_lua_file("includes", f"{match.group(1)}.lua"), body), source)
 
 
 def script_source(name: str) -> str:
@@ -110,8 +158,13 @@ class Scripts:
 
     @staticmethod
     def acquire_keys(keys: Keys, worker: str) -> list[str]:
-        """KEYS of acquire.lua (and release.lua)."""
+        """KEYS of acquire.lua."""
         return [keys.deadlines, keys.worker(worker), keys.extra, keys.wake_at]
+
+    @staticmethod
+    def release_keys(keys: Keys, worker: str) -> list[str]:
+        """KEYS of release.lua."""
+        return [keys.deadlines, keys.worker(worker), keys.extra, keys.scopestats]
 
     @staticmethod
     def acquire_worker_args(keys: Keys, worker: str, options: WorkerOptions) -> list[Any]:
@@ -167,7 +220,7 @@ class Scripts:
 
     def release(self, client: Any, keys: Keys, worker: str, scope_id: str) -> bool:
         """Run release.lua; True when a timer was removed."""
-        return bool(self.run("release", client, self.acquire_keys(keys, worker), [worker, scope_id]))
+        return bool(self.run("release", client, self.release_keys(keys, worker), [worker, scope_id]))
 
     def extend(
         self,
@@ -200,20 +253,32 @@ class Scripts:
         maxlen: int,
         workers: Sequence[tuple[str, str]],
         strays: Sequence[Any] = (),
+        gate: ClaimGate = OPEN_GATE,
     ) -> Sequence[Any]:
         """Run claim_expired.lua on candidate ``workers`` ((worker id, node) pairs, ids well-formed) and remove
-        ``strays`` (members that are not worker ids); returns its flat reply (see the script's header)."""
+        ``strays`` (members that are not worker ids), under the operator controls of ``gate``; returns its flat
+        reply (see the script's header)."""
         nodes = list(dict.fromkeys(node for _, node in workers))
         index = {node: position for position, node in enumerate(nodes, start=1)}
-        script_keys = [keys.deadlines, keys.events, keys.nodes, keys.extra, keys.replicas]
+        script_keys = [keys.deadlines, keys.events, keys.nodes, keys.extra, keys.replicas, keys.held, keys.signals]
+        script_keys += [keys.scopestats]
         script_keys += [keys.worker(worker) for worker, _ in workers]
         script_keys += [keys.deliver(node) for node in nodes]
-        args: list[Any] = [claimer, maxlen, keys.wake_channel, len(workers), len(nodes)]
+        args: list[Any] = [claimer, maxlen, keys.wake_channel, len(workers), len(nodes), *gate.script_args()]
         args += [worker for worker, _ in workers]
         args += [index[node] for _, node in workers]
         args += [*nodes, *strays]
         reply: Sequence[Any] = self.run("claim_expired", client, script_keys, args)
         return reply
+
+    def resume(self, client: Any, keys: Keys, workers: Sequence[str]) -> int:
+        """Run resume.lua on held ``workers`` of one shard; returns how many are due now."""
+        script_keys = [keys.deadlines, keys.held, keys.signals, *(keys.worker(worker) for worker in workers)]
+        return int(self.run("resume", client, script_keys, [keys.wake_channel, *workers]))
+
+    def end_pause(self, client: Any, keys: Keys, pause: str, maxlen: int, until_ms: int) -> bool:
+        """Run end_pause.lua; True when this call removed the ended pause (and wrote its event)."""
+        return bool(self.run("end_pause", client, [keys.controls, keys.events], [pause, maxlen, until_ms]))
 
     def finish_delivery(
         self,

@@ -18,6 +18,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .controls import ClockWatch
 from .delivery import DeliveryOrder, DeliveryResult, Outcome, Refusal, SignalPolicy, deliver, screen
 from .dumps import Dump, collect_dumps, wants_dump
 from .errors import AuthenticationError, StoreUnavailableError, TimerRedisError
@@ -66,6 +67,10 @@ class PassResult:
     """Groups this pass expanded: a member's signal was delivered and its other members were given orders."""
     dumps: list[Dump] = field(default_factory=list)
     """The stack dumps this pass took before its signals, and those it could not take (``Dump.missing``)."""
+    shadowed: list[Claim] = field(default_factory=list)
+    """Workers claimed in shadow mode (a ``would-signal`` event each, no signal)."""
+    held: int = 0
+    braked: int = 0
 
 
 class WatchdogObserver(Protocol):
@@ -151,6 +156,7 @@ class Watchdog:
         self._started_ms: int | None = None
         self._live_replicas = 1  # of the namespace, as the last heartbeat saw them: claims spread over them
         self._server_clock = (0, 0.0)  # (server ms, monotonic s) of the last claim: now on the Redis clock
+        self._clock_watch = ClockWatch()  # per shard, for the brake on a jump of the Redis clock (controls.py)
         self._warned = False
 
     # -- one pass ------------------------------------------------------------------------------------------------
@@ -180,9 +186,10 @@ class Watchdog:
             self._group_ready = True
         batch = self.settings.claim_batch
         started = time.monotonic()
-        claim = self.store.claim_expired(batch, self.replica_id, spread=self._live_replicas)
+        claim = self.store.claim_expired(batch, self.replica_id, spread=self._live_replicas, clock=self._clock_watch)
         self._server_clock = (claim.now_ms, time.monotonic())
         result = PassResult(claimed=claim.claimed, now_ms=claim.now_ms, next_deadline_ms=claim.next_deadline_ms)
+        result.shadowed, result.held, result.braked = claim.shadowed, claim.held, claim.braked
         result.claim_seconds = time.monotonic() - started
         escalation = self.store.move_due_escalations(batch)
         result.escalated = escalation.moved
@@ -519,6 +526,7 @@ class Watchdog:
             self._warned = True
             self.warn_at_start()
         record_sample(self.store)  # at most one per 10 s for the namespace, whatever the number of replicas
+        self.store.tidy_controls()  # old scope statistics, held marks of workers gone: a bounded scan per beat
         self.store.forget_idle_consumers(self.node, int(self.settings.lease * 1000), keep=self.replica_id)
         self.store.forget_gone_nodes(self.settings.node_retention)
         now_ms = self._started_ms and self.server_now_ms()

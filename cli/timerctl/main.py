@@ -23,6 +23,7 @@ from timer_redis.keys import MAX_SHARDS, MEMBER_SEPARATOR, check_node, parse_wor
 from timer_redis.settings import DEFAULT_URL, parse_signal
 
 from .context import EXIT_INVALID, SECONDS, CliError, CliState, pass_state
+from .controls import CONTROL_COMMANDS, describe
 from .dashboard import dashboard
 from .demo import demo
 from .dumps import dump
@@ -289,6 +290,9 @@ def print_pass(result: PassResult, as_json: bool) -> None:
                 "escalated": result.escalated,
                 "group_expansions": result.group_expansions,
                 "claimed": [vars(claim) for claim in result.claimed],
+                "shadowed": [vars(claim) for claim in result.shadowed],
+                "held": result.held,
+                "braked": result.braked,
                 "delivered": [
                     {
                         "worker": order.worker,
@@ -306,6 +310,13 @@ def print_pass(result: PassResult, as_json: bool) -> None:
         )
         return
     click.echo(f"claimed {plural(len(result.claimed), 'timer')}, delivered {plural(len(result.delivered), 'order')}")
+    controlled = (
+        [f"{plural(len(result.shadowed), 'worker')} claimed in shadow mode (not signalled)"] * bool(result.shadowed)
+        + [f"{result.held} held by a pause"] * bool(result.held)
+        + [f"{result.braked} braked"] * bool(result.braked)
+    )
+    if controlled:
+        click.echo(", ".join(controlled))
     for order, outcome in result.delivered:
         click.echo(f"  {outcome.outcome.value:<13} {order.worker}  {order.scope_id}  {outcome.detail}")
 
@@ -572,7 +583,8 @@ def in_or_overdue(remaining_ms: int) -> str:
 
 KNOWN_EVENT_TYPES = (
     "expired", "delivered", "owner-gone", "refused", "signal-failed", "released", "malformed",
-    "would-signal", "held", "braked", "group-expired", "group-signalled",
+    "would-signal", "held", "braked", "group-expired", "group-signalled", "mode", "paused", "resumed", "limit",
+    "brake-engaged", "brake-released",
 )  # fmt: skip
 # Timers looked at to name the nodes that have some, when a --node filter matched nothing.
 NODES_SAMPLE = 1000
@@ -797,6 +809,8 @@ def stats(state: CliState, replica_timeout: float) -> None:
     click.echo(f"stuck nodes         {', '.join(data['stuck_nodes']) or 'none'}")
     click.echo(f"pending KILLs       {data.get('pending_escalations', 0)}")
     click.echo(f"stack dumps kept    {data.get('dumps_kept', 0)}")
+    for label, value in describe(store.read_controls(), now_ms, data["held_workers"]):
+        click.echo(f"{label:<19} {value}")
     nodes = sorted(data["nodes"].items())
     if nodes:
         click.echo("")
@@ -835,3 +849,5 @@ cli.add_command(run)
 cli.add_command(dump)
 cli.add_command(demo)
 cli.add_command(dashboard)
+for command in CONTROL_COMMANDS:
+    cli.add_command(command)

@@ -28,9 +28,14 @@ REACHES_REDIS = {
     "dump": ["show", "x"],
     "events": [],
     "extend": ["s", "--ttl", "5", "--pid", str(os.getpid())],
+    "limit": [],
     "list": [],
+    "mode": [],
+    "pause": ["--for", "1m"],
     "release": ["s", "--pid", str(os.getpid())],
+    "resume": [],
     "run": ["--ttl", "5", "--", "true"],
+    "scopes": [],
     "show": ["s", "--pid", str(os.getpid())],
     "stats": [],
     "watchdog": ["--once"],
@@ -195,7 +200,7 @@ def complete(words: str) -> list[str]:
 
 
 def test_shell_completion_offers_commands_group_options_after_them_and_event_types() -> None:
-    assert complete("timerctl li") == ["list"]
+    assert complete("timerctl lis") == ["list"]
     assert "--namespace" in complete("timerctl list --na")
     assert complete("timerctl events --type deli") == ["delivered"]
     script = subprocess.run(
