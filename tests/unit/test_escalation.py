@@ -161,3 +161,18 @@ def test_a_kill_event_names_sigkill_and_its_lag_counts_from_the_end_of_the_grace
     kill = [e.fields for e in store.events() if e.type == "delivered"][-1]
     assert kill["step"] == "kill" and kill["signal"] == str(int(signal.SIGKILL))
     assert 0 <= int(kill["lag_ms"]) < 1000
+
+
+def test_a_pause_or_the_brake_holds_the_kill_until_it_ends(store: TimerStore) -> None:
+    expire(store, Owner("node-a", 4242, 77), 0.02)
+    dog, recorder = watchdog(store)
+    dog.run_once()
+    store.pause(60, scope="ste*", reason="maintenance")
+    time.sleep(0.04)
+    assert dog.run_once().escalated == 0 and store.pending_escalations() == 1, "held by the pause of its scope"
+    store.resume()
+    store.engage_brake("test")
+    assert dog.run_once().escalated == 0, "held by the brake"
+    store.resume()
+    dog.run_once()
+    assert [o.step for o in recorder.orders] == ["signal", "kill"], "sent once both ended"

@@ -4,7 +4,8 @@ the due ones to their node's delivery stream as kill steps (escalate.lua), each 
 Redis, so a replica that dies during the grace loses nothing: another one sends the KILL.
 
 A member is the order line as delivered, so a signed order still verifies at its kill step; a member that is no
-order line (anyone with write access may add one) is removed with a ``malformed`` event and never queued.
+order line (anyone with write access may add one) is removed with a ``malformed`` event and never queued. A KILL
+is a kill: while the brake is engaged, or its scope is paused, it stays in the zset and is moved after.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from typing import Any
 
 import redis
 
+from ..controls import glob_matches
 from ..keys import Keys, is_worker_id, node_of
+from ..redis_compat import as_text
 from .base import StoreBase
+from .protocol import parse_any_order
 
 # Escalations due by this process' estimate of the server clock plus this margin are read (the script checks TIME).
 ESCALATION_MARGIN_MS = 20
@@ -82,11 +86,32 @@ class EscalationStore(StoreBase):
                 next_due = int(max(score, 0))
         if len(pairs) >= limit and next_due is None:
             next_due = due_by  # a full read: more may be due
+        if due:
+            due = self._not_held(due)
         if not due and not strays:
             return EscalationResult(self.server_clock.now_ms(), next_due, 0)
         with self.translated_errors(keys.escalations):
             now_ms, left, moved = self.scripts.escalate(self._raw, keys, self.settings.events_maxlen, due, strays)
         return EscalationResult(int(now_ms), None if int(left) < 0 else int(left), int(moved))
+
+    def _not_held(self, due: list[tuple[Any, str]]) -> list[tuple[Any, str]]:
+        """``due`` without the escalations an operator holds (controls.py): all of them while the brake is engaged,
+        those of a paused scope during a pause; they are moved once the brake is released or the pause ends."""
+        controls = self.read_controls()  # type: ignore[attr-defined]  # controls.py's mixin, in every TimerStore
+        if controls.brake is not None:
+            return []
+        pause = controls.paused_at(self.server_clock.now_ms())
+        if pause is None:
+            return due
+        kept = []
+        for member, node in due:
+            try:
+                scope_id = parse_any_order("", as_text(member), "kill").scope_id
+            except ValueError:
+                scope_id = None  # not an order: its node's replica reports it
+            if scope_id is None or not glob_matches(pause.scope, scope_id):
+                kept.append((member, node))
+        return kept
 
     def pending_escalations(self) -> int:
         """How many escalations are scheduled in the namespace (due or not)."""
