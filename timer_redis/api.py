@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from .errors import InvalidArgumentError
 from .validation import seconds
 
 
@@ -71,19 +72,27 @@ class expires:  # a context manager class, named like torch's function
         after: seconds, finite and > 0.
         scope: names the timer; nested blocks with the same scope share one timer (the innermost release wins).
         client: the TimerClient; defaults to the one set with ``configure()``.
+        kill_after: seconds after the timer's signal at which the process, if still alive, gets SIGKILL (a client
+            of timer_redis only; default: the client's own).
 
     Raises:
         RuntimeError: no client was passed or configured.
-        InvalidArgumentError: ``after`` is not a finite positive number.
+        InvalidArgumentError: ``after`` or ``kill_after`` is not a finite positive number, or ``kill_after`` is
+            given to a client that cannot escalate (torch's own).
     """
 
-    __slots__ = ("_after", "_client", "_scope")
+    __slots__ = ("_after", "_client", "_kill_after", "_scope")
 
-    def __init__(self, after: float, scope: str | None = None, client: Any = None) -> None:
+    def __init__(
+        self, after: float, scope: str | None = None, client: Any = None, kill_after: float | None = None
+    ) -> None:
         if client is None:
             client = self._configured_client()
             if client is None:
                 raise RuntimeError("Configure timer client before using countdown timers.")
+        self._kill_after = None if kill_after is None else seconds("kill_after", kill_after)
+        if kill_after is not None and not getattr(client, "supports_kill_after", False):
+            raise InvalidArgumentError(f"kill_after={kill_after!r}: {type(client).__name__} cannot escalate")
         self._after = seconds("after", after)
         self._client = client
         if scope is None:
@@ -97,7 +106,10 @@ class expires:  # a context manager class, named like torch's function
         return _default_client
 
     def __enter__(self) -> None:
-        self._client.acquire(self._scope, time.time() + self._after)
+        if self._kill_after is None:
+            self._client.acquire(self._scope, time.time() + self._after)
+        else:
+            self._client.acquire(self._scope, time.time() + self._after, kill_after=self._kill_after)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None

@@ -58,9 +58,11 @@ class AsyncRedisTimerClient:
         clock: the clock ``expiration_time`` is read on (default ``time.time``).
         secret: the namespace secret: timers are signed with it (default ``TIMER_REDIS_SECRET_FILE`` or
             ``TIMER_REDIS_SECRET``).
+        kill_after: seconds after its signal at which this process, if still alive, gets SIGKILL (default
+            ``TIMER_REDIS_KILL_AFTER``, else none).
 
     Raises:
-        InvalidArgumentError: a bad URL, namespace, signal, pid or secret.
+        InvalidArgumentError: a bad URL, namespace, signal, pid, secret or kill_after.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class AsyncRedisTimerClient:
         pid: int | None = None,
         clock: Callable[[], float] = time.time,
         secret: bytes | str | None = None,
+        kill_after: float | None = None,
     ) -> None:
         settings = settings or TimerSettings.from_env(namespace=namespace)
         if namespace is not None and namespace != settings.namespace:
@@ -98,6 +101,8 @@ class AsyncRedisTimerClient:
         self._offset_at = 0.0
         self._fixed_pid = check_pid(pid)
         self._clock = clock
+        kill_after = settings.kill_after if kill_after is None else kill_after
+        self._kill_after_ms = seconds_to_ms("kill_after", kill_after) if kill_after is not None else None
         self._worker_pid = -1
         self._worker = ""
         self._acquire = redis_client.register_script(script_source("acquire"))
@@ -149,12 +154,16 @@ class AsyncRedisTimerClient:
         ttl_ms = seconds_to_ms("ttl", ttl)
         worker = self.worker_id()
         deadline_ms, mac = 0, ""
+        kill_after_ms = self._kill_after_ms
         if self._signer is not None:
             deadline_ms = await self._server_now_ms() + ttl_ms
-            signed = SignedTimer(self.keys.namespace, worker, scope_id, self._options.signal, deadline_ms)
+            signed = SignedTimer(
+                self.keys.namespace, worker, scope_id, self._options.signal, deadline_ms, kill_after_ms
+            )
             mac = self._signer.mac(signed)
         keys = self._keys_of(worker)
-        args = [*Scripts.acquire_worker_args(keys, worker, self._options), scope_id, ttl_ms, deadline_ms, "", mac]
+        args = [*Scripts.acquire_worker_args(keys, worker, self._options), scope_id, ttl_ms, deadline_ms,
+                kill_after_ms or "", mac]  # fmt: skip
         reply = await self._write(self._acquire, Scripts.acquire_keys(keys, worker), args)
         return int(reply[0])
 

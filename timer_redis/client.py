@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
+from contextlib import suppress
 
 from .api import TimerClient
-from .errors import InvalidArgumentError
-from .keys import check_scope_id
+from .dumps import install_dump_handler
+from .errors import InvalidArgumentError, TimerRedisError
+from .groups import Registration
+from .keys import check_group, check_scope_id, parse_worker_id
 from .process import Owner, check_pid
-from .settings import TimerSettings, url_from_env
+from .records import WorkerOptions
+from .settings import TimerSettings, parse_signal, url_from_env
 from .store import TimerStore
 from .store.timers import WorkerCalls
-from .validation import timestamp
+from .validation import seconds_to_ms, timestamp
 
 # An expiration time already in the past still makes a timer, due at once (torch reaps it on the next pass too).
 MIN_TTL_SECONDS = 0.001
@@ -71,7 +77,18 @@ class RedisTimerClient(TimerClient):
         clock: the clock ``expiration_time`` is read on (default ``time.time``).
         secret: the namespace secret: timers are signed with it (default ``TIMER_REDIS_SECRET_FILE`` or
             ``TIMER_REDIS_SECRET``). Ignored with ``store``, which has its own.
+        kill_after: seconds after its signal at which this process, if still alive, gets SIGKILL (escalation, like
+            GNU timeout's ``--kill-after``; default ``TIMER_REDIS_KILL_AFTER``, else none). Meant for a ``signal``
+            the process may handle, such as TERM.
+        dump_signal: a signal on which this process writes the Python stacks of all its threads for the watchdog,
+            which asks for them before the timer's signal (``dumps.py``; default ``TIMER_REDIS_DUMP_SIGNAL``, else
+            no dumps). A signal the program does not use itself: USR1, say.
+        group: this process' group (``groups.py``): when the timer of any member expires, every member is signalled
+            (default ``TIMER_REDIS_GROUP``, else none).
     """
+
+    supports_kill_after = True
+    """``expires(..., kill_after=)`` may pass ``kill_after`` to ``acquire`` (torch's clients take no such argument)."""
 
     def __init__(
         self,
@@ -85,6 +102,9 @@ class RedisTimerClient(TimerClient):
         pid: int | None = None,
         clock: Callable[[], float] = time.time,
         secret: bytes | str | None = None,
+        kill_after: float | None = None,
+        dump_signal: int | str | None = None,
+        group: str | None = None,
     ) -> None:
         if store is None:
             settings = settings or TimerSettings.from_env(namespace=namespace, signal=signal)
@@ -92,7 +112,12 @@ class RedisTimerClient(TimerClient):
         elif namespace is not None and namespace != store.keys.namespace:
             raise InvalidArgumentError(f"namespace {namespace!r} differs from the store's {store.keys.namespace!r}")
         self.store = store
-        self._options = store.worker_options(signal)
+        settings = store.settings
+        dump_signal = settings.dump_signal if dump_signal is None else parse_signal(dump_signal)
+        group = settings.group if group is None else check_group(group)
+        self._options = WorkerOptions(store.worker_options(signal).signal, dump_signal, group)
+        kill_after = store.settings.kill_after if kill_after is None else kill_after
+        self._kill_after_ms = seconds_to_ms("kill_after", kill_after) if kill_after is not None else 0
         self._wait = store.settings.strict if strict is None else strict
         self._fixed_pid = check_pid(pid)
         self._clock = clock
@@ -116,8 +141,10 @@ class RedisTimerClient(TimerClient):
             self._worker_pid = pid
         return self._worker
 
-    def acquire(self, scope_id: str, expiration_time: float) -> None:
+    def acquire(self, scope_id: str, expiration_time: float, kill_after: float | None = None) -> None:
         """Start (or replace) the timer of ``scope_id``, due at ``expiration_time`` on this client's clock.
+
+        ``kill_after`` (seconds) overrides the client's escalation for this timer.
 
         Raises:
             InvalidArgumentError: bad scope_id or expiration_time (also one before 2001, which is a ttl passed by
@@ -131,18 +158,22 @@ class RedisTimerClient(TimerClient):
         # At least 1 ms: an expiration time already in the past makes a timer due at once (MIN_TTL_SECONDS).
         ttl_ms = math.ceil((expiration_time - self._clock()) * 1000)
         ttl_ms = ttl_ms if ttl_ms > 0 else 1
+        kill_after_ms = self._kill_after_ms if kill_after is None else seconds_to_ms("kill_after", kill_after)
         pid = self._fixed_pid or os.getpid()
         commands = self._commands if pid == self._commands_pid else self._commands_of(pid)
         if self.store.signer is None:
-            commands.acquire(scope_id, ttl_ms, self._wait)  # type: ignore[union-attr]
+            commands.acquire(scope_id, ttl_ms, self._wait, 0, kill_after_ms)  # type: ignore[union-attr]
             return
         check_scope_id(scope_id)
-        deadline_ms, mac = self.store.signed_deadline(self._worker, self._options, scope_id, ttl_ms)
-        commands.acquire(scope_id, ttl_ms, self._wait, deadline_ms, 0, mac)  # type: ignore[union-attr]
+        deadline_ms, mac = self.store.signed_deadline(self._worker, self._options, scope_id, ttl_ms, kill_after_ms)
+        commands.acquire(scope_id, ttl_ms, self._wait, deadline_ms, kill_after_ms, mac)  # type: ignore[union-attr]
 
     def acquire_for(self, scope_id: str, ttl: float) -> None:
         """Start (or replace) the timer of ``scope_id``, due ``ttl`` seconds from now (no clock involved)."""
-        self.store.acquire(self.worker_id(), scope_id, ttl, signal=self._options.signal, wait=self._wait)
+        kill_after = self._kill_after_ms / 1000 if self._kill_after_ms else None
+        self.store.acquire(
+            self.worker_id(), scope_id, ttl, kill_after=kill_after, wait=self._wait, options=self._options
+        )
 
     def release(self, scope_id: str) -> None:
         """Stop the timer of ``scope_id``; a no-op if there is none."""
@@ -151,9 +182,34 @@ class RedisTimerClient(TimerClient):
         commands.release(scope_id, self._wait)  # type: ignore[union-attr]
 
     def _commands_of(self, pid: int) -> WorkerCalls:
-        commands = self.store.worker_commands(self.worker_id(), self._options)
+        """The packed calls of this process' worker, made on its first acquire or release (again after a fork):
+        with them, this process' dump handler and its membership of its group."""
+        worker = self.worker_id()
+        commands = self.store.worker_commands(worker, self._options)
         self._commands, self._commands_pid = commands, pid
+        if self._options.dump_signal is not None and self._fixed_pid is None:
+            try:
+                install_dump_handler(
+                    self._options.dump_signal, parse_worker_id(worker)[2], self.store.settings.dump_dir
+                )
+            except OSError as error:
+                warnings.warn(f"no stack dumps for this process: {error}", RuntimeWarning, stacklevel=3)
+        if self._options.group is not None:
+            self._join_group(worker, self._options.group)
         return commands
+
+    def _join_group(self, worker: str, group: str) -> None:
+        """Register this process in its group (a member is signalled when another member's timer expires), and
+        leave it at exit."""
+        registration = Registration(self._options.signal, self._kill_after_ms or None, self._options.dump_signal)
+        self.store.register_member(group, worker, registration)
+        atexit.register(self._leave_group, group, worker, os.getpid())
+
+    def _leave_group(self, group: str, worker: str, pid: int) -> None:
+        if os.getpid() != pid:  # never a parent's membership from a forked child
+            return
+        with suppress(TimerRedisError):
+            self.store.unregister_member(group, worker)
 
     def flush(self) -> None:
         """Wait until Redis has answered every call made so far; raise the first error among the replies."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 import warnings
 from collections.abc import Mapping
@@ -26,7 +27,10 @@ from .errors import InvalidArgumentError
 from .settings import DEFAULT_URL, TimerSettings, env_value, parse_flag
 
 # Read by configure_from_env(); TIMER_REDIS_MAX_INTERVAL is read too (by TimerSettings) but only watchdogs use it.
-ENV_VARIABLES = ("TIMER_REDIS_URL", "TIMER_REDIS_NAMESPACE", "TIMER_REDIS_NODE", "TIMER_REDIS_SIGNAL")
+ENV_VARIABLES = (
+    "TIMER_REDIS_URL", "TIMER_REDIS_NAMESPACE", "TIMER_REDIS_NODE", "TIMER_REDIS_SIGNAL", "TIMER_REDIS_KILL_AFTER",
+    "TIMER_REDIS_DUMP_SIGNAL", "TIMER_REDIS_DUMP_DIR", "TIMER_REDIS_GROUP",
+)  # fmt: skip
 # The default-URL warning is given once per process, however often configure_from_env() runs.
 _warned_default_url = False
 
@@ -41,7 +45,9 @@ def configure_from_env(environ: Mapping[str, str] | None = None, *, torch: bool 
 
     Reads ``TIMER_REDIS_URL`` (default redis://localhost:6379/0), ``TIMER_REDIS_NAMESPACE`` (default "default"),
     ``TIMER_REDIS_NODE`` (default: hostname + pid namespace), ``TIMER_REDIS_SIGNAL`` (default SIGKILL; a number
-    or a name such as ``TERM``) and ``TIMER_REDIS_STRICT`` (wait for every reply; default off).
+    or a name such as ``TERM``) and ``TIMER_REDIS_STRICT`` (wait for every reply; default off); for the evidence
+    features ``TIMER_REDIS_KILL_AFTER`` (a duration), ``TIMER_REDIS_DUMP_SIGNAL``, ``TIMER_REDIS_DUMP_DIR`` and
+    ``TIMER_REDIS_GROUP`` (default: ``TORCHELASTIC_RUN_ID``, so the ranks of one torchrun job form a group).
 
     Args:
         environ: the variables to read (default ``os.environ``).
@@ -64,6 +70,8 @@ def configure_from_env(environ: Mapping[str, str] | None = None, *, torch: bool 
     """
     env = os.environ if environ is None else environ
     settings = TimerSettings.from_env(env)
+    if settings.group is None and env.get("TORCHELASTIC_RUN_ID"):
+        settings = settings.with_changes(group=group_of_run(env["TORCHELASTIC_RUN_ID"]))
     url = env.get("TIMER_REDIS_URL") or _default_url()
     strict = _strict_from_env(env)
     use_torch = "torch" in sys.modules if torch is None else torch
@@ -85,6 +93,11 @@ def configure_from_env(environ: Mapping[str, str] | None = None, *, torch: bool 
     if torch_api is not None:
         torch_api.configure(client)
     return client
+
+
+def group_of_run(run_id: str) -> str:
+    """A group name for torchelastic's run id: characters a group cannot hold become "_", cut to 128."""
+    return re.sub(r"[^A-Za-z0-9_.@+=:/-]", "_", run_id)[:128] or "_"
 
 
 def _default_url() -> str:

@@ -43,6 +43,7 @@ DEFAULT_ALLOWED_SIGNALS = frozenset(
 # carried out: a forged order copying a live timer must not kill its owner early.
 DUE_TOLERANCE_MS = 1000
 _REAL_KILL = os.kill
+KILL = int(signal_module.SIGKILL)
 
 
 class Outcome(str, enum.Enum):
@@ -52,6 +53,8 @@ class Outcome(str, enum.Enum):
     OWNER_GONE = "owner-gone"
     REFUSED = "refused"
     FAILED = "signal-failed"
+    GROUP_SIGNALLED = "group-signalled"
+    """Not signalled for its own timer: it was already given an order as a member of its group (groups.py)."""
 
 
 class Refusal(str, enum.Enum):
@@ -63,6 +66,7 @@ class Refusal(str, enum.Enum):
     NEVER_SIGNALLED = "never-signalled"
     UID_NOT_ALLOWED = "uid-not-allowed"
     OTHER_NODE = "other-node"
+    STALE_GROUP_ORDER = "stale-group-order"
 
 
 @dataclass(slots=True)
@@ -88,6 +92,25 @@ class DeliveryOrder:
     line: str = field(default="", repr=False, compare=False)
     """The order as its stream holds it, so that it can be put back unchanged (a template pass of the torch server
     puts back the orders of workers it did not reap)."""
+    step: str = "signal"
+    """"signal": the timer's own signal; "kill": its escalation, SIGKILL ``kill_after_ms`` after the signal."""
+    trigger: DeliveryOrder | None = field(default=None, repr=False, compare=False)
+    """For a member of a group signalled because another member's timer expired (groups.py): that member's order.
+    Then ``signal``, ``kill_after_ms``, ``dump_signal`` and ``mac`` are the member's registration's, and the
+    deadline is the trigger's."""
+    registered_ms: int = 0
+    """For a group order: when its member registered in the group (Redis clock)."""
+
+    @property
+    def signal_to_send(self) -> int:
+        """SIGKILL for a kill step, else the timer's signal."""
+        return KILL if self.step == "kill" else self.signal
+
+    @property
+    def due_ms(self) -> int:
+        """When this step may be carried out at the earliest (Redis clock): the deadline, plus the grace for a
+        kill step."""
+        return self.deadline_ms + ((self.kill_after_ms or 0) if self.step == "kill" else 0)
 
 
 @dataclass(frozen=True)
@@ -182,16 +205,24 @@ def screen(
     Returns:
         The refusal, or None when the order passed.
     """
-    if order.signal not in policy.allowed_signals:
+    signum = order.signal_to_send
+    if signum not in policy.allowed_signals:
         allowed = ", ".join(sorted(signal_name(s) for s in policy.allowed_signals))
-        name = signal_name(order.signal)
+        name = signal_name(signum)
         return _refused(Refusal.SIGNAL_NOT_ALLOWED, f"{name} is not among the allowed signals ({allowed})")
+    if order.step == "kill" and not order.kill_after_ms:
+        return _refused(Refusal.NOT_DUE, "a kill step of an order without kill_after: never due")
+    trigger = order.trigger
+    if trigger is not None and trigger.deadline_ms + DUE_TOLERANCE_MS < order.registered_ms:
+        detail = f"the timer of {trigger.worker} expired before this member joined group {order.group}"
+        return _refused(Refusal.STALE_GROUP_ORDER, detail)
     if verify is not None:
         if not verify(order):
             return _refused(Refusal.BAD_SIGNATURE, "the order is not signed with this namespace's secret")
-        if server_now_ms is not None and order.deadline_ms > server_now_ms + DUE_TOLERANCE_MS:
-            ahead = order.deadline_ms - server_now_ms
-            return _refused(Refusal.NOT_DUE, f"its deadline is {ahead} ms ahead: not due yet")
+        if server_now_ms is not None and order.due_ms > server_now_ms + DUE_TOLERANCE_MS:
+            ahead = order.due_ms - server_now_ms
+            what = "deadline plus grace" if order.step == "kill" else "deadline"
+            return _refused(Refusal.NOT_DUE, f"its {what} is {ahead} ms ahead: not due yet")
     return None
 
 
@@ -220,10 +251,14 @@ def deliver(
     if refusal is not None:
         return refusal
     pid = order.pid
-    name = signal_name(order.signal)
+    signum = order.signal_to_send
+    name = signal_name(signum)
     if pid <= 1 or pid == (policy.own_pid or os.getpid()):
         return _refused(Refusal.NEVER_SIGNALLED, f"pid {pid} is never signalled")
     gone = DeliveryResult(Outcome.OWNER_GONE, f"pid {pid} is not the process that acquired the timer")
+    if order.step == "kill":  # the good outcome of an escalation: the signal was enough
+        grace = f"{order.kill_after_ms or 0} ms"
+        gone = DeliveryResult(Outcome.OWNER_GONE, f"pid {pid} exited within the grace of {grace}: no SIGKILL needed")
     try:
         pidfd = _open_pidfd(pid)
     except OSError:  # no such process, or a thread: not the worker either way
@@ -236,7 +271,7 @@ def deliver(
             uids = ", ".join(str(uid) for uid in sorted(policy.allowed_uids))
             return _refused(Refusal.UID_NOT_ALLOWED, f"pid {pid} runs as uid {state.uid}; allowed uids: {uids}")
         try:
-            send_signal(pid, order.signal, pidfd)
+            send_signal(pid, signum, pidfd)
         except ProcessLookupError:
             return DeliveryResult(Outcome.OWNER_GONE, f"pid {pid} exited before the signal")
         except OSError as error:
@@ -246,6 +281,9 @@ def deliver(
             with suppress(OSError):
                 os.close(pidfd)
     return DeliveryResult(Outcome.DELIVERED, f"sent {name} to pid {pid}")
+
+
+open_pidfd = _open_pidfd  # for dumps.py, which checks a process the same way before its dump signal
 
 
 def _refused(reason: Refusal, detail: str) -> DeliveryResult:

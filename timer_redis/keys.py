@@ -59,6 +59,20 @@ def check_node(node: object) -> str:
     return node
 
 
+_GROUP_PATTERN = re.compile(r"[A-Za-z0-9_.@+=:/-]{1,128}")
+
+
+def check_group(group: object) -> str:
+    """Return ``group`` if it can name a group of workers (it goes into records, orders and key names), else raise.
+
+    Raises:
+        InvalidArgumentError: not a string of 1-128 letters, digits and _.@+=:/-.
+    """
+    if not isinstance(group, str) or not _GROUP_PATTERN.fullmatch(group):
+        raise InvalidArgumentError(f"group must be 1-128 characters of letters, digits and _.@+=:/-, got {group!r}")
+    return group
+
+
 def check_scope_id(scope_id: object) -> str:
     """Return ``scope_id`` if it can name a timer, else raise.
 
@@ -168,6 +182,9 @@ class Keys:
         nodes: zset, every node that has had a delivery stream or a replica, scored by when it was last active.
         replicas: hash, watchdog heartbeats.
         wake_channel: pub/sub channel watchdogs sleep on.
+        escalations: zset, delivered orders whose SIGKILL is due later: member = the order line, score = when (ms,
+            Redis clock; escalate.lua moves due ones to their node's stream).
+        dumps: zset, the stack dumps kept (``dump``), scored by when they were taken (ms), capped in count.
         controls: hash, the operator controls of the namespace (shard 0's; controls.py).
         held: hash, workers held by a pause or the brake -> why ("pause <until_ms>", "brake", "pass").
         signals: zset, signals of the last minute ("<ms> <worker>", scored by ms), kept only under a limit.
@@ -192,6 +209,8 @@ class Keys:
         self.nodes = self.prefix + "nodes"
         self.replicas = self.prefix + "replicas"
         self.wake_channel = self.prefix + "wake"
+        self.escalations = self.prefix + "escalations"
+        self.dumps = self.prefix + "dumps"
         self.controls = self.prefix + "controls"
         self.held = self.prefix + "held"
         self.signals = self.prefix + "signals"
@@ -204,3 +223,15 @@ class Keys:
     def deliver(self, node: str) -> str:
         """Stream of delivery orders for the watchdogs of one node."""
         return f"{self.prefix}deliver:{node}"
+
+    def dump(self, dump_id: str) -> str:
+        """String: one stack dump (dumps.py), with a TTL."""
+        return f"{self.prefix}dump:{dump_id}"
+
+    def group_members(self, group: str) -> str:
+        """Hash: the registered members of a group (groups.py): worker id -> its registration line."""
+        return f"{self.prefix}group:{group}:members"
+
+    def group_expired(self, group: str) -> str:
+        """String: set while a group is being taken down, so concurrent expiries of its members expand it once."""
+        return f"{self.prefix}group:{group}:expired"

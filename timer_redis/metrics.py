@@ -68,6 +68,12 @@ class WatchdogMetrics:
     - ``claim_seconds`` (histogram): one claim round trip.
     - ``redis_errors_total{error}`` (counter): failed passes by exception class (``StoreUnavailableError`` while
       Redis is unreachable).
+    - ``escalations_sent_total`` (counter): KILLs this replica sent after a grace (``kill_after``), and
+      ``escalations_moved_total``: due escalations this replica queued for their node (any node's).
+    - ``dumps_total{result}`` (counter): stack dumps this replica asked for, ``taken`` or ``missing``.
+    - ``group_expansions_total`` (counter): groups this replica expanded (a member's signal delivered, the others
+      given orders).
+    - ``pending_escalations`` (gauge): KILLs scheduled in the namespace and not sent yet (with the namespace gauges).
     - ``would_signal_total`` (counter): workers this replica claimed in shadow mode (a ``would-signal`` event each,
       no signal).
     - ``held_total`` / ``braked_total`` (counters): due workers this replica's claims held for a pause / for the
@@ -110,6 +116,20 @@ class WatchdogMetrics:
         self.redis_errors = prometheus.Counter(
             "redis_errors", "Failed watchdog passes, by exception class.", ["error"], **names
         )
+        self.escalations_sent = prometheus.Counter(
+            "escalations_sent", "KILLs sent by this replica after a grace (kill_after).", **names
+        )
+        self.escalations_moved = prometheus.Counter(
+            "escalations_moved", "Due escalations this replica queued for their node.", **names
+        )
+        self.dumps = prometheus.Counter(
+            "dumps", "Stack dumps asked for, by result (taken, missing).", ["result"], **names
+        )
+        for label in ("taken", "missing"):
+            self.dumps.labels(label)
+        self.group_expansions = prometheus.Counter(
+            "group_expansions", "Groups expanded by this replica after a member's signal.", **names
+        )
         self.would_signal = prometheus.Counter(
             "would_signal", "Workers claimed in shadow mode, not signalled.", **names
         )
@@ -123,6 +143,10 @@ class WatchdogMetrics:
         self.claims.inc(len(result.claimed))
         self.claim_time.observe(result.claim_seconds)
         self.takeovers.inc(result.taken_over)
+        self.escalations_moved.inc(result.escalated)
+        self.group_expansions.inc(result.group_expansions)
+        for dump in result.dumps:
+            self.dumps.labels("missing" if dump.missing else "taken").inc()
         self.would_signal.inc(len(result.shadowed))
         self.held.inc(result.held)
         self.braked.inc(result.braked)
@@ -130,7 +154,9 @@ class WatchdogMetrics:
             if not finished:
                 continue
             self.deliveries.labels(outcome.outcome.value).inc()
-            if outcome.outcome is Outcome.DELIVERED and outcome.sent_ms is not None:
+            if order.step == "kill" and outcome.outcome is Outcome.DELIVERED:
+                self.escalations_sent.inc()
+            if outcome.outcome is Outcome.DELIVERED and outcome.sent_ms is not None and order.step == "signal":
                 self.detection_lag.observe(max(0.0, (outcome.sent_ms - order.deadline_ms) / 1000))
 
     def observe_error(self, error: Exception) -> None:
@@ -211,6 +237,7 @@ class NamespaceCollector:
             return sum(1 for mode in c["scope_modes"].values() if mode == "shadow")
 
         limit = control(lambda c: nan if c["limit"] is None else c["limit"])
+        escalations = float(stats.get("pending_escalations", nan))
         return [
             gauge("shadow_mode", "1 when the namespace is in shadow mode.", control(lambda c: c["mode"] == "shadow")),
             gauge("shadow_scopes", "Globs of scopes in shadow mode.", control(shadow_globs)),
@@ -218,6 +245,7 @@ class NamespaceCollector:
             gauge("brake_engaged", "1 while the brake is engaged.", control(lambda c: c["brake"] is not None)),
             gauge("held_workers", "Workers held by a pause or the brake.", float(stats.get("held_workers", nan))),
             gauge("signal_limit_per_minute", "Most signals a minute in the namespace (NaN: none).", limit),
+            gauge("pending_escalations", "KILLs scheduled and not sent yet (kill_after).", escalations),
             gauge("live_timers", "Timers in the namespace (due or not), read at scrape time.", float(live)),
             gauge("due_timers", "Timers past their deadline and not yet claimed by a replica.", float(due)),
             pending,

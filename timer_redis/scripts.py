@@ -33,12 +33,13 @@ SCRIPT_NAMES = (
     "finish_delivery",
     "forget_idle_consumers",
     "forget_node",
+    "escalate",
+    "expand_group",
     "resume",
     "end_pause",
 )
-
 # Scripts whose header declares a variable part of KEYS (``KEYS[n..]``) after the fixed ones.
-VARIADIC_KEYS = frozenset({"claim_expired", "resume"})
+VARIADIC_KEYS = frozenset({"claim_expired", "resume", "escalate", "expand_group"})
 
 # Most timers one worker may hold: its record is rewritten on every acquire and release, so a runaway program
 # that never releases is stopped here, with a clear error, instead of making each call slower.
@@ -286,19 +287,62 @@ class Scripts:
         node: str,
         group: str,
         maxlen: int,
-        entries: Sequence[tuple[str, Sequence[Sequence[Any]], str]],
+        entries: Sequence[tuple[Any, ...]],
     ) -> list[bool]:
-        """Run finish_delivery.lua on stream entries of one node, each with the events to write and the order lines
-        to put back if this call acknowledges it (each event a flat field, value, ... sequence); returns per entry
+        """Run finish_delivery.lua on stream entries of one node, each (entry id, events, again[, escalations]) with
+        the events to write, the order lines to put back and the escalations to schedule ((due ms, order line)
+        pairs) if this call acknowledges it (each event a flat field, value, ... sequence); returns per entry
         whether it did."""
         args: list[Any] = [group, maxlen]
-        for entry_id, events, again in entries:
+        for entry_id, events, again, *rest in entries:
             args += [entry_id, len(events)]
             for event in events:
                 args += [len(event), *event]
-            args.append(again)
-        reply = self.run("finish_delivery", client, [keys.deliver(node), keys.events], args)
+            escalations: Sequence[tuple[int, str]] = rest[0] if rest else ()
+            args += [again, len(escalations)]
+            for due_ms, line in escalations:
+                args += [due_ms, line]
+        reply = self.run("finish_delivery", client, [keys.deliver(node), keys.events, keys.escalations], args)
         return [flag == ord("1") for flag in (reply.encode() if isinstance(reply, str) else reply)]
+
+    def escalate(
+        self, client: Any, keys: Keys, maxlen: int, members: Sequence[tuple[Any, str]], strays: Sequence[Any] = ()
+    ) -> Sequence[Any]:
+        """Run escalate.lua on due ``members`` ((member, node) pairs) and remove ``strays`` (members that are no
+        orders); returns {now_ms, next_due_ms or -1, moved}."""
+        nodes = list(dict.fromkeys(node for _, node in members))
+        index = {node: position for position, node in enumerate(nodes, start=1)}
+        script_keys = [keys.escalations, keys.events, *(keys.deliver(node) for node in nodes)]
+        args: list[Any] = [maxlen, keys.wake_channel, len(members), len(nodes)]
+        args += [member for member, _ in members]
+        args += [index[node] for _, node in members]
+        args += [*nodes, *strays]
+        reply: Sequence[Any] = self.run("escalate", client, script_keys, args)
+        return reply
+
+    def expand_group(
+        self,
+        client: Any,
+        keys: Keys,
+        group: str,
+        trigger: str,
+        expander: str,
+        maxlen: int,
+        hold_ms: int,
+        members: Sequence[tuple[str, str]],
+    ) -> tuple[int, int]:
+        """Run expand_group.lua on the group's shard for candidate ``members`` ((worker, node) pairs); returns (how
+        many members were given an order, the state of the trigger: see the script's header)."""
+        nodes = list(dict.fromkeys(node for _, node in members))
+        index = {node: position for position, node in enumerate(nodes, start=1)}
+        script_keys = [keys.group_members(group), keys.group_expired(group), keys.events]
+        script_keys += [keys.deliver(node) for node in nodes]
+        args: list[Any] = [group, trigger, expander, maxlen, keys.wake_channel, hold_ms, len(members), len(nodes)]
+        args += [worker for worker, _ in members]
+        args += [index[node] for _, node in members]
+        args += nodes
+        queued, state = self.run("expand_group", client, script_keys, args)
+        return int(queued), int(state)
 
     def forget_idle_consumers(self, client: Any, keys: Keys, node: str, group: str, min_idle_ms: int, keep: str) -> int:
         """Run forget_idle_consumers.lua; returns how many consumers were deleted."""

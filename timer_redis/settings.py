@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 
 from .durations import parse_duration
 from .errors import InvalidArgumentError
-from .keys import check_namespace, check_node, check_shards
+from .keys import check_group, check_namespace, check_node, check_shards
 from .validation import seconds, whole_number
 
 DEFAULT_URL = "redis://localhost:6379/0"
@@ -61,6 +61,18 @@ class TimerSettings:
             a failover of the primary.
         node_retention: seconds a node may stay silent (no order queued for it, no replica of it heard) before its
             delivery stream and its entry in ``nodes`` are removed, once nothing of it waits.
+        kill_after: seconds after a timer's signal at which its worker, if still alive, gets SIGKILL (escalation.py);
+            None: no escalation.
+        dump_signal: signal on which a client's process writes its stack dump (dumps.py); None: no dumps.
+        dump_dir: directory of the dump files, shared by the clients and the watchdogs of a node; None: the
+            system's temporary directory + ``/timer-redis-dumps``.
+        dump_timeout: seconds a watchdog pass waits, at most and in total, for the dumps of its orders before it
+            sends their signals.
+        group: the group of a client's process (groups.py): when one member's timer expires, every member is
+            signalled; None: no group.
+        dump_max_bytes: most bytes of one stack dump kept in Redis (the rest is cut, with a marker).
+        dump_max_count: most stack dumps kept per shard; the oldest go first.
+        dump_ttl: seconds a stack dump is kept in Redis.
     """
 
     namespace: str = "default"
@@ -75,15 +87,30 @@ class TimerSettings:
     node_retention: float = 3600.0
     shards: int = 1
     durable: bool = False
+    kill_after: float | None = None
+    dump_signal: int | None = None
+    dump_dir: str | None = None
+    dump_timeout: float = 2.0
+    group: str | None = None
+    dump_max_bytes: int = 64 * 1024
+    dump_max_count: int = 1000
+    dump_ttl: float = 7 * 24 * 3600.0
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
         object.__setattr__(self, "signal", parse_signal(self.signal))
-        for name in ("max_interval", "lease", "socket_timeout", "node_retention"):
+        for name in ("max_interval", "lease", "socket_timeout", "node_retention", "dump_ttl"):
             seconds(name, getattr(self, name))
-        for name in ("claim_batch", "events_maxlen"):
+        for name in ("claim_batch", "events_maxlen", "dump_max_bytes", "dump_max_count"):
             whole_number(name, getattr(self, name))
         check_shards(self.shards)
+        seconds("dump_timeout", self.dump_timeout)
+        if self.kill_after is not None:
+            seconds("kill_after", self.kill_after)
+        if self.dump_signal is not None:
+            object.__setattr__(self, "dump_signal", parse_signal(self.dump_signal))
+        if self.group is not None:
+            check_group(self.group)
         if not isinstance(self.durable, bool):
             raise InvalidArgumentError(f"durable must be True or False, got {self.durable!r}")
 
@@ -129,6 +156,14 @@ def _max_interval(raw: str) -> float:
     return parse_duration(raw, "TIMER_REDIS_MAX_INTERVAL")
 
 
+def _kill_after(raw: str) -> float:
+    return parse_duration(raw, "TIMER_REDIS_KILL_AFTER")
+
+
+def _dump_timeout(raw: str) -> float:
+    return parse_duration(raw, "TIMER_REDIS_DUMP_TIMEOUT")
+
+
 def _shards(raw: str) -> int:
     text = raw.strip()
     if not text.isascii() or not text.isdigit():
@@ -162,6 +197,11 @@ ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "TIMER_REDIS_MAX_INTERVAL": ("max_interval", _max_interval),
     "TIMER_REDIS_SHARDS": ("shards", _shards),
     "TIMER_REDIS_DURABLE": ("durable", parse_flag),
+    "TIMER_REDIS_KILL_AFTER": ("kill_after", _kill_after),
+    "TIMER_REDIS_DUMP_SIGNAL": ("dump_signal", parse_signal),
+    "TIMER_REDIS_DUMP_DIR": ("dump_dir", str),
+    "TIMER_REDIS_DUMP_TIMEOUT": ("dump_timeout", _dump_timeout),
+    "TIMER_REDIS_GROUP": ("group", check_group),
 }
 
 

@@ -20,9 +20,12 @@ from typing import Any, Protocol
 
 from .controls import ClockWatch
 from .delivery import DeliveryOrder, DeliveryResult, Outcome, Refusal, SignalPolicy, deliver, screen
+from .dumps import Dump, collect_dumps, wants_dump
 from .errors import AuthenticationError, StoreUnavailableError, TimerRedisError
+from .escalation import escalation_due_ms
+from .groups import COVERED, EXPANDED, verify_group_order
 from .history import record_sample
-from .process import default_node
+from .process import default_node, read_process
 from .settings import TimerSettings, parse_signal, url_from_env
 from .signing import SignedTimer
 from .store import Claim, TimerStore
@@ -58,6 +61,12 @@ class PassResult:
     """Per delivered order: whether this replica finished it and wrote its event (False: another one had)."""
     malformed: list[MalformedOrder] = field(default_factory=list)
     """What this pass found in its node's stream that is not an order (reported, then acknowledged)."""
+    escalated: int = 0
+    """Escalations this pass moved to their node's stream as kill steps (any node's)."""
+    group_expansions: int = 0
+    """Groups this pass expanded: a member's signal was delivered and its other members were given orders."""
+    dumps: list[Dump] = field(default_factory=list)
+    """The stack dumps this pass took before its signals, and those it could not take (``Dump.missing``)."""
     shadowed: list[Claim] = field(default_factory=list)
     """Workers claimed in shadow mode (a ``would-signal`` event each, no signal)."""
     held: int = 0
@@ -182,6 +191,11 @@ class Watchdog:
         result = PassResult(claimed=claim.claimed, now_ms=claim.now_ms, next_deadline_ms=claim.next_deadline_ms)
         result.shadowed, result.held, result.braked = claim.shadowed, claim.held, claim.braked
         result.claim_seconds = time.monotonic() - started
+        escalation = self.store.move_due_escalations(batch)
+        result.escalated = escalation.moved
+        if escalation.next_due_ms is not None:  # sleep no longer than until the next KILL is due
+            nexts = [escalation.next_due_ms, claim.next_deadline_ms]
+            result.next_deadline_ms = min(n for n in nexts if n is not None)
         entries = self.store.read_deliveries(self.node, self.replica_id, ENTRIES_PER_READ)
         if time.monotonic() >= self._next_takeover:
             self._next_takeover = time.monotonic() + self.settings.lease / TAKEOVER_CHECKS_PER_LEASE
@@ -203,25 +217,50 @@ class Watchdog:
         its outcome, or None to put the order back on the stream for a later pass), report what did not parse, and
         acknowledge every entry with its outcome events, in one round trip. Fills ``result.delivered``,
         ``result.finished`` and ``result.malformed``."""
-        finished: list[tuple[str, list[list[Any]], str]] = []
+        finished: list[tuple[str, list[list[Any]], str, list[tuple[int, str]]]] = []
         shards: list[int] = []  # per entry in `finished`, the shard it came from
         owners: list[int] = []  # per delivered order, the index of its entry in `finished`
+        # Groups first (a member given a group order already is not signalled again), then the dumps of every order
+        # of the pass together, so that no signal comes before any dump. Only when this replica signals itself: a
+        # custom deliverer (a benchmark's recorder, torch's reaping) sends no dump signal and expands no group.
+        own = carry_out == self.carry_out and self._custom_deliverer is None
+        covered = self.expand_groups(entries, result) if own else set()
+        dumps = self.take_dumps(entries, covered) if own else {}
+        taken: list[tuple[int, Dump, str, str]] = []
         for entry in entries:
             events: list[list[Any]] = []
             again: list[str] = []
+            escalations: list[tuple[int, str]] = []
             for order in entry.orders:
-                outcome = carry_out(order)
+                outcome: DeliveryResult | None
+                if id(order) in covered:
+                    detail = f"already given an order as a member of group {order.group}: not signalled twice"
+                    outcome = DeliveryResult(Outcome.GROUP_SIGNALLED, detail, sent_ms=self.server_now_ms())
+                else:
+                    outcome = carry_out(order)
                 if outcome is None:
-                    again.append(order.line)
+                    if order.step == "signal":  # a kill step is never put back as a signal step
+                        again.append(order.line)
                     continue
                 result.delivered.append((order, outcome))
                 owners.append(len(finished))
-                events.append(self._outcome_event(order, outcome))
+                event = self._outcome_event(order, outcome)
+                dump = dumps.get(id(order))
+                if dump is not None:
+                    event += ["dump_missing", dump.missing] if dump.missing else ["dump", dump.dump_id]
+                    taken.append((entry.shard, dump, order.worker, order.scope_id))
+                events.append(event)
+                self._follow_group(result, order, outcome)
+                due_ms = escalation_due_ms(order, outcome)
+                if due_ms is not None:
+                    escalations.append((due_ms, order.line))
+                    nexts = [due_ms, result.next_deadline_ms]  # this replica wakes for the KILL
+                    result.next_deadline_ms = min(n for n in nexts if n is not None)
             for bad in entry.malformed:
                 log.warning("malformed delivery order in %s entry %s: %s", self.node, bad.entry_id, bad.detail)
                 events.append(self._malformed_event(bad, entry.shard))
                 result.malformed.append(bad)
-            finished.append((entry.entry_id, events, "\n".join(again)))
+            finished.append((entry.entry_id, events, "\n".join(again), escalations))
             shards.append(entry.shard)
         flags: list[bool] = [False] * len(finished)
         for shard in sorted(set(shards)):  # one round trip per shard that had entries
@@ -230,6 +269,80 @@ class Watchdog:
                                                                       shard=shard), strict=True):  # fmt: skip
                 flags[index] = flag
         result.finished = [flags[index] for index in owners]
+        result.dumps = [dump for _, dump, _, _ in taken]
+        if any(not dump.missing for _, dump, _, _ in taken):
+            try:
+                self.store.save_dumps(taken)
+            except TimerRedisError as error:  # the signals are sent and acknowledged: a lost dump must not undo that
+                log.warning("could not store %d stack dump(s): %s", len(taken), error)
+
+    def expand_groups(self, entries: list[DeliveryEntry], result: PassResult) -> set[int]:
+        """Expand the group of each member whose own timer expired and which is about to be signalled: its order
+        passed the screening (signal, signature, due) and its process is the worker. Done before the order is
+        acknowledged, so a replica that dies in between leaves it to the one that takes the order over (the
+        expansion is idempotent).
+
+        Returns:
+            ``id()`` of the orders not to signal: their member was given a group order already.
+        """
+        covered: set[int] = set()
+        registries: dict[str, list[str]] = {}  # read once per group and pass: a whole job may expire at once
+        for order in (o for entry in entries for o in entry.orders):
+            if order.group is None or order.trigger is not None or order.step != "signal" or order.node != self.node:
+                continue
+            if screen(order, self.policy, verify=self.verifier(), server_now_ms=self.server_now_ms()) is not None:
+                continue
+            state = read_process(order.pid)
+            if state is None or state.zombie or state.start_time != order.start_time or state.tgid != order.pid:
+                continue  # gone: its delivery says owner-gone, and a member that ended by itself expands nothing
+            try:
+                if order.group not in registries:
+                    registries[order.group] = list(self.store.group_members(order.group))
+                members = registries[order.group]
+                queued, expanded = self.store.expand_group(order.group, order.line, self.replica_id, members)
+            except StoreUnavailableError:
+                raise
+            except TimerRedisError as error:  # a registry of another type: the member is signalled all the same
+                log.warning("group %s of %s not expanded: %s", order.group, order.worker, error)
+                continue
+            if expanded == EXPANDED:
+                result.group_expansions += 1
+                log.info("group %s expanded: %s expired, %d other member(s) signalled", order.group, order.worker,
+                         queued)  # fmt: skip
+            elif expanded == COVERED:
+                covered.add(id(order))
+        return covered
+
+    def _follow_group(self, result: PassResult, order: DeliveryOrder, outcome: DeliveryResult) -> None:
+        """A group order whose member is gone removes it from the group's registry."""
+        if order.group is not None and order.trigger is not None and outcome.outcome is Outcome.OWNER_GONE:
+            try:
+                self.store.unregister_member(order.group, order.worker)
+            except TimerRedisError as error:
+                log.warning("could not remove gone member %s of group %s: %s", order.worker, order.group, error)
+
+    def take_dumps(
+        self, entries: list[DeliveryEntry], skip: set[int] | frozenset[int] = frozenset()
+    ) -> dict[int, Dump]:
+        """The stack dumps the orders of ``entries`` ask for (``dumps.collect_dumps``), by ``id()`` of the order,
+        all taken together within ``settings.dump_timeout``; none for the orders in ``skip``."""
+        orders = [
+            order
+            for entry in entries
+            for order in entry.orders
+            if wants_dump(order) and order.node == self.node and id(order) not in skip
+        ]
+        if not orders:
+            return {}
+        return collect_dumps(
+            orders,
+            self.policy,
+            now_ms=self.server_now_ms,
+            timeout=self.settings.dump_timeout,
+            max_bytes=self.settings.dump_max_bytes,
+            dump_dir=self.settings.dump_dir,
+            verify=self.verifier(),
+        )
 
     def server_now_ms(self) -> int:
         """Now on the Redis clock, from the last claim's TIME and this process' monotonic clock since."""
@@ -237,8 +350,12 @@ class Watchdog:
         return server_ms + int((time.monotonic() - at) * 1000)
 
     def _verify(self, order: DeliveryOrder) -> bool:
-        """Whether ``order`` carries the MAC of this namespace's secret over everything that decides its kill."""
+        """Whether ``order`` carries the MAC of this namespace's secret over everything that decides its kill (for
+        a group order: the member's registration, and the order of the member whose timer expired)."""
         assert self.store.signer is not None
+        if order.trigger is not None:
+            trigger_ok = self._verify(order.trigger)
+            return verify_group_order(order, self.store.keys.namespace, self.store.signer, trigger_ok)
         timer = SignedTimer(
             self.store.keys.namespace,
             order.worker,
@@ -281,15 +398,21 @@ class Watchdog:
         """The event of ``order``'s outcome (written if this replica acknowledges its entry)."""
         event: list[Any] = [
             "type", outcome.outcome.value, "worker", order.worker, "scope_id", order.scope_id, "pid", order.pid,
-            "signal", order.signal, "deadline_ms", order.deadline_ms, "claimed_ms", order.claimed_ms,
-            "claimer", order.claimer, "replica", self.replica_id, "detail", outcome.detail,
+            "signal", order.signal_to_send, "deadline_ms", order.deadline_ms, "claimed_ms", order.claimed_ms,
+            "claimer", order.claimer, "replica", self.replica_id, "detail", outcome.detail, "step", order.step,
         ]  # fmt: skip
+        if order.kill_after_ms:
+            event += ["kill_after_ms", order.kill_after_ms]
+        if order.group is not None:
+            event += ["group", order.group]
+        if order.trigger is not None:
+            event += ["trigger", order.trigger.worker]
         if outcome.reason:
             event += ["reason", outcome.reason]
         if outcome.sent_ms is not None:  # when it was carried out, on the Redis clock; the lag only for a signal
             event += ["sent_ms", outcome.sent_ms]
             if outcome.outcome is Outcome.DELIVERED:
-                event += ["lag_ms", outcome.sent_ms - order.deadline_ms]
+                event += ["lag_ms", outcome.sent_ms - order.due_ms]
         return event
 
     def _malformed_event(self, bad: MalformedOrder, shard: int) -> list[Any]:

@@ -8,6 +8,7 @@ takes them too, after its name (``group.py``). The TimerStore is built lazily in
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import threading
@@ -25,6 +26,7 @@ from .context import EXIT_INVALID, SECONDS, CliError, CliState, pass_state
 from .controls import CONTROL_COMMANDS, describe
 from .dashboard import dashboard
 from .demo import demo
+from .dumps import dump
 from .group import TimerctlGroup
 from .owners import (
     command_line,
@@ -285,6 +287,8 @@ def print_pass(result: PassResult, as_json: bool) -> None:
                 "now_ms": result.now_ms,
                 "next_deadline_ms": result.next_deadline_ms,
                 "backlog": result.backlog,
+                "escalated": result.escalated,
+                "group_expansions": result.group_expansions,
                 "claimed": [vars(claim) for claim in result.claimed],
                 "shadowed": [vars(claim) for claim in result.shadowed],
                 "held": result.held,
@@ -294,12 +298,14 @@ def print_pass(result: PassResult, as_json: bool) -> None:
                         "worker": order.worker,
                         "pid": order.pid,
                         "scope_id": order.scope_id,
-                        "signal": order.signal,
+                        "signal": order.signal_to_send,
+                        "step": order.step,
                         "outcome": outcome.outcome.value,
                         "detail": outcome.detail,
                     }
                     for order, outcome in result.delivered
                 ],
+                "dumps": [{"id": d.dump_id, "source": d.source, "missing": d.missing} for d in result.dumps],
             }
         )
         return
@@ -382,10 +388,22 @@ def timer_dict(worker: str, scope_id: str, deadline_ms: int) -> dict[str, Any]:
 @click.option(
     "--signal", "signal_name", default=None, help="Signal sent when it expires [default: KILL, env TIMER_REDIS_SIGNAL]."
 )
+@click.option(
+    "--kill-after",
+    type=SECONDS,
+    default=None,
+    help="Also send KILL if the process still lives this long after --signal [default: env TIMER_REDIS_KILL_AFTER].",
+)
 @owner_options
 @pass_state
 def acquire(
-    state: CliState, scope_id: str, ttl: float, signal_name: str | None, pid: int | None, worker: str | None
+    state: CliState,
+    scope_id: str,
+    ttl: float,
+    signal_name: str | None,
+    kill_after: float | None,
+    pid: int | None,
+    worker: str | None,
 ) -> None:
     """Start (or restart) the timer SCOPE of a process: if it is not released or extended within --ttl, a watchdog
     signals that process.
@@ -407,10 +425,12 @@ def acquire(
         warning = shell_warning(owner.pid, scope_id, signal_label(signal_number))
         if warning:
             warn(warning)
-    deadline_ms = store.acquire(owner.worker, scope_id, ttl, signal=signal_number)
+    kill_after = kill_after if kill_after is not None else store.settings.kill_after
+    deadline_ms = store.acquire(owner.worker, scope_id, ttl, signal=signal_number, kill_after=kill_after)
     assert deadline_ms is not None  # wait=True always returns the deadline
     if state.json_output:
-        emit_json({**timer_dict(owner.worker, scope_id, deadline_ms), "command": command_line(owner.pid)})
+        reply = {**timer_dict(owner.worker, scope_id, deadline_ms), "command": command_line(owner.pid)}
+        emit_json({**reply, "kill_after_ms": math.ceil(kill_after * 1000) if kill_after else None})
     else:
         click.echo(
             f"acquired {scope_id!r} for {describe_worker(owner.worker, this_node(store))}: expires in "
@@ -563,7 +583,7 @@ def in_or_overdue(remaining_ms: int) -> str:
 
 KNOWN_EVENT_TYPES = (
     "expired", "delivered", "owner-gone", "refused", "signal-failed", "released", "malformed",
-    "would-signal", "held", "braked", "group-expired", "mode", "paused", "resumed", "limit",
+    "would-signal", "held", "braked", "group-expired", "group-signalled", "mode", "paused", "resumed", "limit",
     "brake-engaged", "brake-released",
 )  # fmt: skip
 # Timers looked at to name the nodes that have some, when a --node filter matched nothing.
@@ -787,6 +807,8 @@ def stats(state: CliState, replica_timeout: float) -> None:
     click.echo(f"due timers          {data['due_timers']}")
     click.echo(f"next deadline       {in_or_overdue(earliest - now_ms) if earliest is not None else '-'}")
     click.echo(f"stuck nodes         {', '.join(data['stuck_nodes']) or 'none'}")
+    click.echo(f"pending KILLs       {data.get('pending_escalations', 0)}")
+    click.echo(f"stack dumps kept    {data.get('dumps_kept', 0)}")
     for label, value in describe(store.read_controls(), now_ms, data["held_workers"]):
         click.echo(f"{label:<19} {value}")
     nodes = sorted(data["nodes"].items())
@@ -824,6 +846,7 @@ def unwatched_nodes(store: TimerStore, data: dict[str, Any]) -> dict[str, int]:
 
 
 cli.add_command(run)
+cli.add_command(dump)
 cli.add_command(demo)
 cli.add_command(dashboard)
 for command in CONTROL_COMMANDS:

@@ -106,6 +106,9 @@ def event_summary(event: Event) -> str:
     kind = event.type or "?"
     if kind == "released":
         what = f"{plural(_int(fields.get('count')), 'timer')} cleared (reason: {fields.get('reason') or '-'})"
+    elif kind == "group-expired":
+        what = (f"group {fields.get('group', '?')}: {fields.get('scope_id', '?')} expired; "
+                f"{plural(_int(fields.get('count')), 'other member')} signalled")  # fmt: skip
     elif kind == "expired":
         late = _int(fields.get("claimed_ms")) - _int(fields.get("deadline_ms"))
         what = f"{fields.get('scope_id', '?')}: claimed {late} ms after its deadline"
@@ -113,6 +116,12 @@ def event_summary(event: Event) -> str:
         what = fields["scope_id"] + (f": {fields['detail']}" if fields.get("detail") else "")
         if "lag_ms" in fields:
             what += f" (lag {fields['lag_ms']} ms)"
+        if fields.get("step") == "kill":
+            what += " [kill step]"
+        if "dump" in fields:
+            what += f"; dump {fields['dump']}"
+        elif "dump_missing" in fields:
+            what += f"; no dump: {fields['dump_missing']}"
     else:
         what = " ".join(f"{key}={value!r}" for key, value in fields.items() if key not in ("type", "worker"))
     owner = f"{who(fields['worker'])}  " if "worker" in fields else ""

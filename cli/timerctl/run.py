@@ -12,7 +12,9 @@ from typing import Any
 import click
 
 from timer_redis import Owner, StoreUnavailableError, TimerNotFoundError, TimerRedisError, TimerStore
-from timer_redis.keys import MAX_SCOPE_BYTES, timer_member
+from timer_redis.groups import Registration
+from timer_redis.keys import MAX_SCOPE_BYTES, check_group, timer_member
+from timer_redis.records import WorkerOptions
 from timer_redis.settings import parse_signal
 
 from .context import EXIT_INVALID, SECONDS, CliError, CliState, pass_state
@@ -45,6 +47,25 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
     "itself stops (crash, kill -9) and ttl has passed. Must be shorter than --ttl.",
 )
 @click.option("--scope", "scope_id", default=None, help="Timer name [default: 'run:' + the command line].")
+@click.option(
+    "--kill-after",
+    type=SECONDS,
+    default=None,
+    help="Also send KILL if the command still runs this long after --signal (like timeout -k) [default: env "
+    "TIMER_REDIS_KILL_AFTER, else never].",
+)
+@click.option(
+    "--dump",
+    is_flag=True,
+    help="Take the command's Python stacks before the signal: through its own handler when it runs our client with "
+    "TIMER_REDIS_DUMP_SIGNAL, else with py-spy when the watchdog has it (`timerctl dump show` prints it).",
+)
+@click.option(
+    "--group",
+    default=None,
+    help="Make the command a member of this group: when any member's timer expires, every member is signalled "
+    "[default: env TIMER_REDIS_GROUP].",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_state
 def run(
@@ -53,6 +74,9 @@ def run(
     signal_name: str | None,
     heartbeat_every: float | None,
     scope_id: str | None,
+    kill_after: float | None,
+    dump: bool,
+    group: str | None,
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND under a timer owned by the command's process; exit with its exit status.
@@ -72,17 +96,26 @@ def run(
     Examples:
       timerctl run --ttl 30 -- ./train_step.sh --epoch 3
       timerctl run --ttl 10m --signal TERM --heartbeat-every 1m -- rsync -a src/ dst/
+      timerctl run --ttl 1h --signal TERM --kill-after 30s --dump -- python train.py
+      timerctl run --ttl 10m --group job-42 -- ./shard.sh 3     # all of job-42 goes when one shard hangs
     """
     store = state.store
     signal_number = parse_signal(signal_name) if signal_name is not None else store.settings.signal
     if heartbeat_every is not None and heartbeat_every >= ttl:
         raise CliError(f"--heartbeat-every ({heartbeat_every:g}s) must be shorter than --ttl ({ttl:g}s)", EXIT_INVALID)
     scope_id = scope_id or default_scope(command)
+    group = check_group(group) if group is not None else store.settings.group
     store.server_time_ms()  # fail before starting anything when Redis is unreachable
     child = start(command, child_env(state, scope_id))
     worker = Owner.of_pid(child.pid, store.settings.node).worker_id
     try:
-        deadline_ms = store.acquire(worker, scope_id, ttl, signal=signal_number)
+        kill_after = kill_after if kill_after is not None else store.settings.kill_after
+        dump_signal = (store.settings.dump_signal or int(signal.SIGUSR1)) if dump else None
+        options = WorkerOptions(signal_number, dump_signal, group)
+        if group is not None:
+            kill_after_ms = math.ceil(kill_after * 1000) if kill_after else None
+            store.register_member(group, worker, Registration(signal_number, kill_after_ms, dump_signal))
+        deadline_ms = store.acquire(worker, scope_id, ttl, kill_after=kill_after, options=options)
     except TimerRedisError:
         child.kill()
         child.wait()
@@ -90,6 +123,8 @@ def run(
     returncode = supervise(store, child, worker, scope_id, ttl, heartbeat_every)
     try:
         store.release(worker, scope_id)
+        if group is not None:
+            store.unregister_member(group, worker)
     except TimerRedisError as error:
         # The exit status of the command matters more; the timer is dropped as owner-gone when it comes due.
         warn(f"could not release timer {timer_member(worker, scope_id)!r}: {error}")

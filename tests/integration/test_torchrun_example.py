@@ -48,8 +48,13 @@ def test_the_hung_rank_is_killed_and_torchrun_fails(redis_url: str) -> None:
 
     store = TimerStore.from_url(redis_url, NAMESPACE)
     try:
-        outcomes = [(e.type, e.fields.get("worker", "")) for e in store.events(100) if e.type != "expired"]
+        events = store.events(100)
     finally:
         store.redis.close()
+    outcomes = [(e.type, e.fields.get("worker", "")) for e in events if e.type not in ("expired", "group-expired")]
     assert [t for t, worker in outcomes if f":{rank1_pid}:" in worker] == ["delivered"], outcomes
+    # TORCHELASTIC_RUN_ID made the ranks a group: rank 1's expiry took it down (rank 0 runs the watchdog, which never
+    # signals its own process: its group order is refused, and torchrun ends it).
+    (expanded,) = [e.fields for e in events if e.type == "group-expired"]
+    assert f":{rank1_pid}:" in expanded["worker"] and expanded["count"] == "1"
     assert elapsed < 60, f"the example took {elapsed:.0f} s"

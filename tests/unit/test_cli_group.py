@@ -25,6 +25,7 @@ REACHES_REDIS = {
     "clear": ["--all", "--yes"],
     "dashboard": ["--port", "0"],
     "demo": ["--workers", "1", "--hung", "0"],
+    "dump": ["show", "x"],
     "events": [],
     "extend": ["s", "--ttl", "5", "--pid", str(os.getpid())],
     "limit": [],

@@ -19,6 +19,9 @@ from ..connection import open_redis
 from ..settings import TimerSettings
 from .audit import AuditTrail, Event
 from .controls import ControlsStore
+from .dumps import DumpStore
+from .escalations import EscalationStore
+from .groups import GroupStore
 from .health import FORGET_REPLICA_SECONDS, REPLICA_TIMEOUT_SECONDS, StoreHealth
 from .listing import TimerInfo, TimerListing
 from .protocol import Claim, ClaimResult, WatchdogProtocol
@@ -35,7 +38,8 @@ __all__ = [
 ]
 
 
-class TimerStore(TimerOperations, TimerListing, WatchdogProtocol, StoreHealth, AuditTrail, ControlsStore):
+class TimerStore(TimerOperations, TimerListing, WatchdogProtocol, StoreHealth, AuditTrail, ControlsStore,
+                 EscalationStore, DumpStore, GroupStore):  # fmt: skip
     """Timers of one namespace in one Redis: acquire, release, inspect, claim and deliver.
 
     Args:
@@ -63,3 +67,10 @@ class TimerStore(TimerOperations, TimerListing, WatchdogProtocol, StoreHealth, A
         """
         settings = settings or TimerSettings()
         return cls(open_redis(url, settings, **redis_kwargs), namespace, settings=settings, url=url, secret=secret)
+
+    def stats(self, *, replica_timeout: float = REPLICA_TIMEOUT_SECONDS) -> dict[str, Any]:
+        """``StoreHealth.stats``, plus ``pending_escalations`` (KILLs scheduled, not sent yet) and ``dumps_kept``
+        (stack dumps in Redis)."""
+        data = super().stats(replica_timeout=replica_timeout)
+        data.update(self.evidence_stats())
+        return data

@@ -28,6 +28,19 @@ from .controls import ControlsStore
 
 # The name of the stream field that holds a batch of orders (claim_expired.lua), one line each.
 ORDERS_FIELD = b"o1"
+# The field of a batch of kill steps (escalate.lua): delivered orders whose grace is over, the same lines.
+KILL_FIELD = b"k1"
+# The field of a batch of group orders (expand_group.lua): members signalled because another member's timer expired.
+GROUP_FIELD = b"g1"
+# A group order line: the member, when and by whom the group was expanded, the member's registration (signal,
+# kill_after_ms, dump_signal, group, registered_ms, mac), then the order line of the member whose timer expired.
+GROUP_HEAD_FIELDS = 9
+_GROUP_HEAD = re.compile(
+    r"(?P<worker>(?P<node>[A-Za-z0-9_.@+=-]{1,128}):(?P<pid>[0-9]{1,10}):(?P<start>[0-9]{1,20}))"
+    r"\t(?P<expanded>[0-9]{1,15})\t(?P<expander>[^\s]+)\t(?P<signal>[0-9]{1,3})\t(?P<kill_after>[0-9]{0,15})"
+    r"\t(?P<dump>[0-9]{0,3})\t(?P<group>[^\s]+)\t(?P<registered>[0-9]{1,15})\t(?P<mac>[^\s]*)",
+    re.ASCII,
+)
 # A signed timer's deadline is on the server clock; phase 1 of a claim reads the workers due by this process'
 # estimate of it, plus this margin (the script checks each against TIME).
 CLAIM_MARGIN_MS = 20
@@ -101,8 +114,8 @@ _ORDER = re.compile(
 )
 
 
-def parse_order(entry_id: str, line: str) -> DeliveryOrder:
-    """One order line (claim_expired.lua's format).
+def parse_order(entry_id: str, line: str, step: str = "signal") -> DeliveryOrder:
+    """One order line (claim_expired.lua's format), for ``step`` ("signal", or "kill": its escalation).
 
     Raises:
         ValueError: the line is not an order.
@@ -132,7 +145,38 @@ def parse_order(entry_id: str, line: str) -> DeliveryOrder:
         group or None,
         mac,
         line,
+        step,
     )
+
+
+def parse_group_order(entry_id: str, line: str, step: str = "signal") -> DeliveryOrder:
+    """One group order line (expand_group.lua's format), for ``step``.
+
+    Raises:
+        ValueError: the line is not a group order, or its trigger is not an order of the same group.
+    """
+    parts = line.split("\t", GROUP_HEAD_FIELDS)
+    match = _GROUP_HEAD.fullmatch("\t".join(parts[:GROUP_HEAD_FIELDS])) if len(parts) > GROUP_HEAD_FIELDS else None
+    if match is None:
+        raise ValueError("not a group order")
+    trigger = parse_order(entry_id, parts[GROUP_HEAD_FIELDS])
+    worker, node, pid, start, expanded, expander, signal, kill_after, dump, group, registered, mac = match.groups()
+    if trigger.group != group or trigger.worker == worker:
+        raise ValueError("a group order whose trigger is not another member of its group")
+    if signal == "0" or kill_after == "0" or dump == "0":
+        raise ValueError("a zero signal or escalation")
+    return DeliveryOrder(
+        entry_id, worker, node, int(pid), int(start), int(signal), trigger.scope_id, trigger.deadline_ms,
+        int(expanded), expander, trigger.ttl_ms, int(kill_after) if kill_after else None,
+        int(dump) if dump else None, group, mac, line, step, trigger, int(registered),
+    )  # fmt: skip
+
+
+def parse_any_order(entry_id: str, line: str, step: str = "signal") -> DeliveryOrder:
+    """An order line of either kind (a kill step is the line of an order of either kind)."""
+    if line.count("\t") > 10:
+        return parse_group_order(entry_id, line, step)
+    return parse_order(entry_id, line, step)
 
 
 def parse_entry(entry_id: Any, fields: Any, shard: int = 0) -> DeliveryEntry:
@@ -143,9 +187,14 @@ def parse_entry(entry_id: Any, fields: Any, shard: int = 0) -> DeliveryEntry:
         pairs = list(fields.items())
     else:
         pairs = list(zip(fields[::2], fields[1::2], strict=False)) if isinstance(fields, list) else []
-    batch = next((value for name, value in pairs if name == ORDERS_FIELD), None)
+    by_name = dict(pairs)
+    batch, step, parse = by_name.get(ORDERS_FIELD), "signal", parse_order
+    if batch is None and KILL_FIELD in by_name:
+        batch, step, parse = by_name[KILL_FIELD], "kill", parse_any_order
+    elif batch is None and GROUP_FIELD in by_name:
+        batch, parse = by_name[GROUP_FIELD], parse_group_order
     if not isinstance(batch, bytes):
-        entry.malformed.append(MalformedOrder(entry.entry_id, "an entry without an 'o1' field of orders"))
+        entry.malformed.append(MalformedOrder(entry.entry_id, "an entry without an 'o1', 'k1' or 'g1' field of orders"))
         return entry
     try:
         lines = batch.decode().split("\n")
@@ -154,7 +203,7 @@ def parse_entry(entry_id: Any, fields: Any, shard: int = 0) -> DeliveryEntry:
         return entry
     for line in lines:
         try:
-            entry.orders.append(parse_order(entry.entry_id, line))
+            entry.orders.append(parse(entry.entry_id, line, step))
         except ValueError:  # InvalidArgumentError is one
             entry.malformed.append(MalformedOrder(entry.entry_id, f"not an order: {line[:120]!r}"))
     return entry
@@ -353,15 +402,14 @@ class WatchdogProtocol(ControlsStore):
                 deleted += self.scripts.forget_idle_consumers(self.redis, keys, node, DELIVERY_GROUP, min_idle_ms, keep)
         return deleted
 
-    def finish_deliveries(
-        self, node: str, entries: Sequence[tuple[str, Sequence[Sequence[Any]], str]], *, shard: int = 0
-    ) -> Flags:
+    def finish_deliveries(self, node: str, entries: Sequence[tuple[Any, ...]], *, shard: int = 0) -> Flags:
         """Acknowledge entries of ``node``'s stream in one shard and write their outcome events, in one round trip.
 
         Args:
             node: whose stream.
-            entries: (entry id, events, again) triples; each event a flat field, value, ... sequence, "type" first;
-                ``again``: order lines to put back on the stream as a new entry ("" for none).
+            entries: (entry id, events, again[, escalations]); each event a flat field, value, ... sequence, "type"
+                first; ``again``: order lines to put back on the stream as a new entry ("" for none);
+                ``escalations``: (due ms, order line) pairs whose KILL is scheduled (escalation.py).
             shard: the shard the entries were read from (``DeliveryEntry.shard``).
 
         Returns:

@@ -66,6 +66,7 @@ class TimerOperations(StoreBase):
         signal: int | str | None = None,
         kill_after: float | None = None,
         wait: bool = True,
+        options: WorkerOptions | None = None,
     ) -> int | None:
         """Set the timer (owner, scope_id) to expire ``ttl`` seconds from now on the Redis clock.
 
@@ -78,6 +79,7 @@ class TimerOperations(StoreBase):
             signal: sent when it expires; defaults to ``settings.signal``.
             kill_after: seconds after the signal at which a worker still alive gets SIGKILL (None: no escalation).
             wait: False sends the command without waiting for the reply (the client fast path).
+            options: the worker's signal, dump signal and group, instead of ``signal``.
 
         Returns:
             The deadline in ms on the server clock, or None when ``wait`` is False.
@@ -91,7 +93,7 @@ class TimerOperations(StoreBase):
         check_scope_id(scope_id)
         ttl_ms = seconds_to_ms("ttl", ttl)
         kill_after_ms = seconds_to_ms("kill_after", kill_after) if kill_after is not None else 0
-        options = self.worker_options(signal)
+        options = options or self.worker_options(signal)
         deadline_ms, mac = self.signed_deadline(worker, options, scope_id, ttl_ms, kill_after_ms)
         if not wait:
             self.worker_commands(worker, options).acquire(scope_id, ttl_ms, False, deadline_ms, kill_after_ms, mac)
