@@ -3,6 +3,7 @@ for integration tests."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -143,3 +144,14 @@ def own_redis_sentinel() -> Iterator[SentinelServers]:
     _require_redis_server()
     with SentinelServers() as deployment:
         yield deployment
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """`timerctl watchdog` configures the root logger, as a program's main does: undo it after each test, in every
+    file (a handler left on stderr by one test's watchdog wrote into a later test's captured output)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -136,8 +137,9 @@ def run(
 
 
 def default_scope(command: tuple[str, ...]) -> str:
-    """``run:<command line>``, cut to fit a scope_id."""
-    scope = "run:" + shlex.join(command)
+    """``run:<command line>``, each control character (a newline of ``python -c "..."``) as a space, cut to fit a
+    scope_id."""
+    scope = "run:" + re.sub(r"[\x00-\x1f\x7f]", " ", shlex.join(command))
     while len(scope.encode()) > MAX_SCOPE_BYTES:
         scope = scope[: len(scope) - 16]
     return scope

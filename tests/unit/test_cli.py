@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import signal
@@ -36,16 +35,6 @@ def invoke(store: TimerStore | None, *args: str, env: dict[str, Any] | None = No
 def json_out(result: Result) -> Any:
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """`timerctl watchdog` configures the root logger, as a program's main does; undo it after each test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture
@@ -476,6 +465,13 @@ def test_run_passes_the_exit_code_through_and_releases(store: TimerStore) -> Non
     code = "import os, sys; print(os.environ['TIMERCTL_SCOPE']); sys.exit(3)"
     result = invoke(store, "run", "--ttl", "30", "--scope", "job", "--", sys.executable, "-c", code)
     assert result.exit_code == 3
+    assert store.count() == 0
+
+
+def test_run_names_a_command_with_a_newline_after_it(store: TimerStore) -> None:
+    code = "import os, sys\nscope = os.environ['TIMERCTL_SCOPE']\nsys.exit(7 if 'os, sys scope =' in scope else 1)"
+    result = invoke(store, "run", "--ttl", "30", "--", sys.executable, "-c", code)
+    assert result.exit_code == 7, result.stderr
     assert store.count() == 0
 
 
