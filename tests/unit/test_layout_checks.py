@@ -76,3 +76,13 @@ def test_timerctl_watchdog_with_another_shard_count_exits_5(
     result = CliRunner().invoke(cli, ["watchdog", "--max-interval", "0.05"], obj=sharded(fake_redis, 2))
     assert result.exit_code == EXIT_INVALID, result.output
     assert "spread over 4 shards" in result.output
+
+
+def test_events_of_a_namespace_with_another_shard_count_are_refused(
+    fake_redis: fakeredis.FakeRedis, four_shards: TimerStore
+) -> None:
+    assert four_shards.events(), "the namespace has events"
+    with pytest.raises(InvalidArgumentError, match="spread over 4 shards"):
+        sharded(fake_redis, 2).events()
+    with pytest.raises(InvalidArgumentError, match="spread over 4 shards"):
+        sharded(fake_redis, 8).events(after="0-0")
