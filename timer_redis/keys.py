@@ -4,7 +4,8 @@ scopes), each with the check that keeps it safe to embed.
 A namespace is one shard, or several (``shards=N``). All keys of a shard share one hash tag: ``{<namespace>}`` with
 one shard (the layout of an unsharded namespace), ``{<namespace>#<k>}`` or ``{<namespace>#<k>.<j>}`` for shard k
 of N (``shard_tags``: chosen so that the shards' hash slots are evenly spaced). Every script touches the keys of one
-shard only, so it runs on one slot of Redis Cluster, and the shards of a namespace spread evenly over its masters. A worker lives in one shard (``shard_of``), so reaping it stays one atomic script.
+shard only, so it runs on one slot of Redis Cluster, and the shards of a namespace spread evenly over its masters.
+A worker lives in one shard (``shard_of``), so reaping it stays one atomic script.
 """
 
 from __future__ import annotations
@@ -142,9 +143,9 @@ def shard_tags(namespace: str, shards: int) -> tuple[str, ...]:
 
     One shard keeps the unsharded tag, the namespace itself. With N > 1 shard k is ``<namespace>#<k>`` or, when
     that slot is far from the middle of the k-th of N equal slot ranges, the ``<namespace>#<k>.<j>`` (smallest j)
-    whose slot is within an eighth of a range of it (or 32 slots) (else the nearest of ``MAX_TAG_CANDIDATES`` tried). Masters of a
-    cluster serve contiguous slot ranges, so evenly spaced slots give each master its share of the shards, where
-    plain ``#k`` tags land at random (6 shards on 3 masters: often 3 on one master, 1 on another).
+    whose slot is within an eighth of a range (or 32 slots) of it, else the nearest of ``MAX_TAG_CANDIDATES``.
+    Masters of a cluster serve contiguous slot ranges, so evenly spaced slots give each master its share of the
+    shards, where plain ``#k`` tags land at random (6 shards of namespace "test" on 3 masters: 4, 1 and 1).
     """
     if shards == 1:
         return (namespace,)
