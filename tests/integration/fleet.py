@@ -1,0 +1,224 @@
+"""A fleet on one deployment (a Redis Cluster, a Sentinel primary): real worker processes acquiring through its URL
+and real `timerctl watchdog` replicas, for the scale-out and failover tests.
+
+Hung workers acquire one timer and sleep past it: each must die of SIGKILL within its deadline plus a bound.
+Healthy workers run short blocks under a long timer until told to stop: none may be signalled, and each must exit 0
+(a block whose release failed raises out of ``expires()``, so the exit status shows it too). Deadlines and deaths
+are read on the wall clock, which is the Redis servers' clock too: every server of these tests runs on this host.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+import timer_redis as timer
+from tests.helpers import wait_for
+from tests.integration.timerctl_binary import CLEAN_ENV, COMMAND
+from timer_redis import TimerStore
+from timer_redis.settings import TimerSettings
+
+fork = multiprocessing.get_context("fork")
+NAMESPACE = "test"
+# A healthy worker's timer: far longer than any failover here, so a stalled release never makes it due.
+HEALTHY_AFTER = 30.0
+
+
+def _client(url: str, shards: int, durable: bool) -> timer.RedisTimerClient:
+    settings = TimerSettings(namespace=NAMESPACE, shards=shards, durable=durable, strict=True)
+    return timer.RedisTimerClient(url=url, settings=settings)
+
+
+def hung_worker(url: str, shards: int, durable: bool, after: float, go: Any, reports: Any) -> None:
+    """Connect, report ready, wait for ``go``; acquire one timer due in ``after`` seconds, report (pid, deadline)
+    once the acquire returned, then hang."""
+    client = _client(url, shards, durable)
+    reports.put((os.getpid(), None))
+    go.wait(60)
+    deadline = time.time() + after
+    client.acquire("hung", deadline)
+    reports.put((os.getpid(), deadline))
+    time.sleep(120)
+
+
+def healthy_worker(url: str, shards: int, durable: bool, block: float, stop: Any, reports: Any) -> None:
+    """Run blocks of ``block`` seconds under ``expires(HEALTHY_AFTER)`` until ``stop`` is set; report once the
+    first block's timer is acquired."""
+    timer.configure(_client(url, shards, durable))
+    first = True
+    while first or not stop.is_set():
+        with timer.expires(after=HEALTHY_AFTER, scope="healthy"):
+            if first:
+                reports.put((os.getpid(), None))
+                first = False
+            time.sleep(block)
+
+
+@dataclass
+class Fleet:
+    """Hung and healthy workers of one run.
+
+    Attributes:
+        deadlines: pid -> wall-clock deadline of each hung worker whose acquire returned.
+        died_at: pid -> wall-clock time each hung worker was seen dead (a thread waits on them all).
+    """
+
+    url: str
+    shards: int
+    durable: bool = False
+    hung: dict[int, multiprocessing.process.BaseProcess] = field(default_factory=dict)
+    healthy: dict[int, multiprocessing.process.BaseProcess] = field(default_factory=dict)
+    deadlines: dict[int, float] = field(default_factory=dict)
+    died_at: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._stop = fork.Event()
+        self._go = fork.Event()
+        self._reports: Any = fork.Queue()
+        self._watcher: threading.Thread | None = None
+
+    def start(self, hung: int, healthy: int, first_after: float, spread: float, block: float = 0.2) -> None:
+        """Start ``healthy`` healthy workers and ``hung`` hung ones; once the hung ones are connected, let them
+        acquire timers due ``first_after`` to ``first_after + spread`` seconds later; return once every worker has
+        acquired.
+
+        Raises:
+            queue.Empty: a worker did not report within 30 s (it failed to connect or to acquire).
+        """
+        for _ in range(healthy):
+            process = fork.Process(
+                target=healthy_worker, args=(self.url, self.shards, self.durable, block, self._stop, self._reports)
+            )
+            process.start()
+            assert process.pid is not None
+            self.healthy[process.pid] = process
+        for index in range(hung):
+            after = first_after + spread * index / max(1, hung - 1)
+            args = (self.url, self.shards, self.durable, after, self._go, self._reports)
+            process = fork.Process(target=hung_worker, args=args)
+            process.start()
+            assert process.pid is not None
+            self.hung[process.pid] = process
+        self._watcher = threading.Thread(target=self._watch_hung, name="fleet-hung-watcher", daemon=True)
+        self._watcher.start()
+        give_up = time.monotonic() + 30
+        for _ in range(hung + healthy):  # hung workers connected, healthy ones in their first block
+            self._reports.get(timeout=max(0.1, give_up - time.monotonic()))
+        self._go.set()
+        for _ in range(hung):
+            pid, deadline = self._reports.get(timeout=max(0.1, give_up - time.monotonic()))
+            self.deadlines[pid] = deadline
+
+    def _watch_hung(self) -> None:
+        waiting = {process.sentinel: pid for pid, process in self.hung.items()}
+        while waiting:
+            for ended in wait(list(waiting)):
+                self.died_at[waiting.pop(ended)] = time.time()  # type: ignore[call-overload]
+
+    def wait_hung_dead(self, timeout: float) -> None:
+        """Return once every hung worker is dead, or after ``timeout`` seconds (the assertions then say who lived)."""
+        assert self._watcher is not None
+        self._watcher.join(timeout)
+
+    def kill_lags(self) -> dict[int, float]:
+        """pid -> seconds from each hung worker's deadline to its death (missing: still alive)."""
+        return {pid: self.died_at[pid] - deadline for pid, deadline in self.deadlines.items() if pid in self.died_at}
+
+    def hung_exit_codes(self) -> dict[int, int | None]:
+        for process in self.hung.values():
+            process.join(1)
+        return {pid: process.exitcode for pid, process in self.hung.items()}
+
+    def stop_healthy(self, timeout: float = 30) -> dict[int, int | None]:
+        """Tell the healthy workers to finish their block and exit; their exit codes (0 = never signalled, no error)."""
+        self._stop.set()
+        give_up = time.monotonic() + timeout
+        for process in self.healthy.values():
+            process.join(max(0.1, give_up - time.monotonic()))
+        return {pid: process.exitcode for pid, process in self.healthy.items()}
+
+    def kill_all(self) -> None:
+        """SIGKILL whatever still runs and reap it (the fixture's cleanup; safe to call twice)."""
+        self._stop.set()
+        for process in [*self.hung.values(), *self.healthy.values()]:
+            if process.is_alive():
+                process.kill()
+            process.join(5)
+        self._reports.close()
+        self._reports.join_thread()
+
+
+@contextmanager
+def fleet(url: str, shards: int, durable: bool = False) -> Iterator[Fleet]:
+    """A `Fleet` whose processes are all killed and reaped afterwards."""
+    run = Fleet(url, shards, durable)
+    try:
+        yield run
+    finally:
+        run.kill_all()
+
+
+@dataclass
+class WatchdogProcess:
+    """One `timerctl watchdog` replica; its stderr goes to a file (a pipe nobody reads could fill and stall it)."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def watchdogs(url: str, store: TimerStore, count: int, *options: str) -> Iterator[list[WatchdogProcess]]:
+    """``count`` `timerctl watchdog` replicas on ``url`` (with the group ``options``, such as ``--shards 6``), each
+    running once its heartbeat is in Redis; each must exit 0 on SIGTERM afterwards.
+
+    Raises:
+        AssertionError: a replica did not heartbeat within 20 s, or did not stop cleanly.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="timer-redis-fleet-"))
+    replicas: list[WatchdogProcess] = []
+    try:
+        for index in range(count):
+            log = folder / f"watchdog-{index}.log"
+            with log.open("wb") as stderr:
+                process = subprocess.Popen(
+                    [*COMMAND, "--url", url, "--namespace", NAMESPACE, *options, "watchdog", "--max-interval", "1"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                    env=CLEAN_ENV,
+                )
+            replicas.append(WatchdogProcess(process, log))
+        wait_for(lambda: len(store.replicas()) >= count, timeout=20, interval=0.05, what=f"{count} heartbeats")
+        yield replicas
+        for replica in replicas:
+            replica.process.terminate()
+        for replica in replicas:
+            returncode = replica.process.wait(15)
+            assert returncode == 0, f"watchdog exited {returncode}:\n{replica.output()[-3000:]}"
+    finally:
+        for replica in replicas:
+            if replica.process.poll() is None:
+                replica.process.kill()
+                replica.process.wait()
+
+
+def signalled_pids(store: TimerStore, count: int = 10_000) -> dict[int, list[str]]:
+    """pid -> the types of the events that name it as the worker of a claimed timer (expired, delivered, ...)."""
+    found: dict[int, list[str]] = {}
+    for event in store.events(count):
+        pid = event.fields.get("pid")
+        if pid is not None and pid.isdigit():
+            found.setdefault(int(pid), []).append(event.type)
+    return found

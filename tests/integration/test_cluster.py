@@ -1,0 +1,95 @@
+"""timer_redis on a real 3-master Redis Cluster (a replica each): a namespace of 6 shards spread over every master,
+and a fleet of real workers and `timerctl watchdog` replicas on the ``redis+cluster://`` URL, kept whole while a
+slot moves and while a master is killed -9.
+
+Each fleet run: hung workers (one timer each, deadlines spread over a second or two) must die of SIGKILL within
+deadline + 3 s, and healthy workers (short blocks under a 30 s timer) must never be signalled and exit 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.fleet import NAMESPACE, Fleet, fleet, signalled_pids, watchdogs
+from tests.redis_cluster import ClusterServers, slot_of
+from timer_redis import Owner, TimerStore
+from timer_redis.keys import shard_of
+from timer_redis.settings import TimerSettings
+
+SHARDS = 6
+KILL_BOUND = 3.0  # seconds past its deadline within which a hung worker must be dead
+
+
+def cluster_url(cluster: ClusterServers) -> str:
+    """The ``redis+cluster://`` URL of the cluster, two of its nodes as seeds."""
+    return "redis+cluster://" + ",".join(cluster.addresses[:2])
+
+
+def sharded_store(url: str, durable: bool = False) -> TimerStore:
+    return TimerStore.from_url(url, settings=TimerSettings(namespace=NAMESPACE, shards=SHARDS, durable=durable))
+
+
+@pytest.fixture
+def store(redis_cluster: ClusterServers) -> Iterator[TimerStore]:
+    """A store of 6 shards on the module's shared cluster (flushed before the test)."""
+    sharded = sharded_store(cluster_url(redis_cluster))
+    yield sharded
+    sharded.redis.close()
+
+
+def assert_fleet_whole(store: TimerStore, run: Fleet, bound: float = KILL_BOUND) -> None:
+    """Every hung worker died of SIGKILL within its deadline + ``bound`` and has a ``delivered`` event; no healthy
+    worker was signalled or failed; no timer is left."""
+    run.wait_hung_dead(timeout=max(run.deadlines.values()) - time.time() + bound + 2)
+    alive = [pid for pid in run.deadlines if pid not in run.died_at]
+    assert not alive, f"{len(alive)} hung workers still alive after deadline + {bound + 2} s"
+    lags = run.kill_lags()
+    late = {pid: round(lag, 2) for pid, lag in lags.items() if lag > bound}
+    early = {pid: round(lag, 2) for pid, lag in lags.items() if lag < 0}
+    assert not late and not early, f"killed late {late}, early {early}"
+    assert set(run.hung_exit_codes().values()) == {-signal.SIGKILL}
+    healthy_exits = run.stop_healthy()
+    assert set(healthy_exits.values()) == {0}, f"healthy exit codes {Counter(healthy_exits.values())}"
+    events = signalled_pids(store)
+    assert not set(events) & set(run.healthy), {pid: events[pid] for pid in set(events) & set(run.healthy)}
+    undelivered = [pid for pid in run.hung if "delivered" not in events.get(pid, [])]
+    assert not undelivered, f"{len(undelivered)} hung workers without a delivered event"
+    assert store.count() == 0, "only the healthy workers' timers were live, and they released them"
+
+
+# -- the shared cluster ------------------------------------------------------------------------------------------
+
+
+def test_six_shards_spread_over_every_master(redis_cluster: ClusterServers, store: TimerStore) -> None:
+    owners = [Owner("node-a", 1000 + index, 7) for index in range(60)]
+    for owner in owners:
+        store.acquire(owner, "step", 60)
+    per_shard = Counter(shard_of(owner.worker_id, SHARDS) for owner in owners)
+    assert set(per_shard) == set(range(SHARDS))
+
+    shards_per_master = Counter(redis_cluster.master_of(keys.deadlines).port for keys in store.shard_keys)
+    assert sorted(shards_per_master.values()) == [2, 2, 2], "each master serves two shards"
+    for master in redis_cluster.masters():
+        admin = redis_cluster.admin(master)
+        mine = [keys for keys in store.shard_keys if redis_cluster.master_of(keys.deadlines) is master]
+        assert sum(admin.zcard(keys.deadlines) for keys in mine) == sum(per_shard[keys.shard] for keys in mine)
+        records = [key for keys in mine for key in admin.scan_iter(match=keys.prefix + "w:*")]
+        assert len(records) == sum(per_shard[keys.shard] for keys in mine), "each record lives with its shard"
+    assert store.count() == 60 and len(store.list()) == 60
+
+
+def test_a_fleet_on_the_cluster_url_kills_every_hung_worker_and_no_healthy_one(
+    redis_cluster: ClusterServers, store: TimerStore
+) -> None:
+    url = cluster_url(redis_cluster)
+    with watchdogs(url, store, 2, "--shards", str(SHARDS)), fleet(url, SHARDS) as run:
+        run.start(hung=50, healthy=50, first_after=2.0, spread=2.0)
+        hung_timers = [t for t in store.list() if t.scope_id == "hung"]
+        assert len(hung_timers) == 50 and {shard_of(t.worker, SHARDS) for t in hung_timers} == set(range(SHARDS))
+        assert_fleet_whole(store, run)
