@@ -8,6 +8,7 @@ deadline + 3 s, and healthy workers (short blocks under a 30 s timer) must never
 
 from __future__ import annotations
 
+import shutil
 import signal
 import time
 from collections import Counter
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import IN_CI
 from tests.integration.fleet import NAMESPACE, Fleet, fleet, signalled_pids, watchdogs
 from tests.redis_cluster import ClusterServers, slot_of
 from timer_redis import Owner, TimerStore
@@ -121,3 +123,35 @@ def test_a_slot_moving_under_a_fleet_loses_nothing_and_stalls_no_watchdog_past_t
     finally:  # leave the module's cluster as it was created
         if redis_cluster.master_of(slot) is not source:
             redis_cluster.migrate_slot(slot, source)
+
+
+# -- a cluster of the test's own ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_replica_cluster() -> Iterator[ClusterServers]:
+    """3 masters with 2 replicas each, of this test alone: after a master's death its promoted replica still has a
+    replica, so durable writes (WAIT 1) go on being acknowledged."""
+    for binary in ("redis-server", "redis-cli"):
+        if shutil.which(binary) is None:
+            if IN_CI:
+                pytest.fail(f"{binary} is not on PATH, and CI=true forbids skipping the real-Redis tests")
+            pytest.skip(f"{binary} is not on PATH")
+    with ClusterServers(replicas=2) as cluster:
+        yield cluster
+
+
+def test_a_master_killed_under_a_fleet_of_durable_timers_loses_nothing(two_replica_cluster: ClusterServers) -> None:
+    cluster = two_replica_cluster
+    url = cluster_url(cluster)
+    store = sharded_store(url, durable=True)
+    victim = cluster.master_of(store.shard_keys[0].deadlines)
+    with watchdogs(url, store, 2, "--shards", str(SHARDS)), fleet(url, SHARDS, durable=True) as run:
+        run.start(hung=20, healthy=20, first_after=2.0, spread=2.0)
+        on_victim = [t for t in store.list() if cluster.master_of(store.keys_of(t.worker).deadlines) is victim]
+        assert any(t.scope_id == "hung" for t in on_victim), "the killed master holds hung workers' timers"
+        started = time.monotonic()
+        cluster.kill_master(victim)
+        failover_seconds = time.monotonic() - started
+        assert_fleet_whole(store, run, bound=KILL_BOUND + failover_seconds)
+    store.redis.close()
