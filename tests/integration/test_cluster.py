@@ -85,6 +85,7 @@ def test_six_shards_spread_over_every_master(redis_cluster: ClusterServers, stor
     assert store.count() == 60 and len(store.list()) == 60
 
 
+@pytest.mark.slow  # 100 worker processes for about 6 s
 def test_a_fleet_on_the_cluster_url_kills_every_hung_worker_and_no_healthy_one(
     redis_cluster: ClusterServers, store: TimerStore
 ) -> None:
@@ -96,6 +97,7 @@ def test_a_fleet_on_the_cluster_url_kills_every_hung_worker_and_no_healthy_one(
         assert_fleet_whole(store, run)
 
 
+@pytest.mark.slow  # 48 worker processes for about 5 s
 def test_a_slot_moving_under_a_fleet_loses_nothing_and_stalls_no_watchdog_past_the_move(
     redis_cluster: ClusterServers, store: TimerStore
 ) -> None:
@@ -141,6 +143,7 @@ def two_replica_cluster() -> Iterator[ClusterServers]:
         yield cluster
 
 
+@pytest.mark.slow  # a cluster of its own, a failover, 40 worker processes: about 10 s
 def test_a_master_killed_under_a_fleet_of_durable_timers_loses_nothing(two_replica_cluster: ClusterServers) -> None:
     cluster = two_replica_cluster
     url = cluster_url(cluster)
