@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import subprocess
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,13 +27,14 @@ from typing import Any
 import timer_redis as timer
 from tests.helpers import wait_for
 from tests.integration.timerctl_binary import CLEAN_ENV, COMMAND
-from timer_redis import TimerStore
+from timer_redis import Owner, TimerStore
 from timer_redis.settings import TimerSettings
 
 fork = multiprocessing.get_context("fork")
 NAMESPACE = "test"
 # A healthy worker's timer: far longer than any failover here, so a stalled release never makes it due.
 HEALTHY_AFTER = 30.0
+KILL_BOUND = 3.0  # seconds past its deadline within which a hung worker must be dead
 
 
 def _client(url: str, shards: int, durable: bool) -> timer.RedisTimerClient:
@@ -77,6 +80,7 @@ class Fleet:
     shards: int
     durable: bool = False
     hung: dict[int, multiprocessing.process.BaseProcess] = field(default_factory=dict)
+    sleepers: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     healthy: dict[int, multiprocessing.process.BaseProcess] = field(default_factory=dict)
     deadlines: dict[int, float] = field(default_factory=dict)
     died_at: dict[int, float] = field(default_factory=dict)
@@ -87,10 +91,21 @@ class Fleet:
         self._reports: Any = fork.Queue()
         self._watcher: threading.Thread | None = None
 
-    def start(self, hung: int, healthy: int, first_after: float, spread: float, block: float = 0.2) -> None:
+    def start(
+        self,
+        hung: int,
+        healthy: int,
+        first_after: float,
+        spread: float,
+        block: float = 0.2,
+        *,
+        sleepers: int = 0,
+        store: TimerStore | None = None,
+    ) -> None:
         """Start ``healthy`` healthy workers and ``hung`` hung ones; once the hung ones are connected, let them
         acquire timers due ``first_after`` to ``first_after + spread`` seconds later; return once every worker has
-        acquired.
+        acquired. ``sleepers`` more hung ones are ``sleep`` processes whose timers (due within the same spread)
+        ``store`` acquires on their behalf, cheaper than a Python process each.
 
         Raises:
             queue.Empty: a worker did not report within 30 s (it failed to connect or to acquire).
@@ -109,26 +124,42 @@ class Fleet:
             process.start()
             assert process.pid is not None
             self.hung[process.pid] = process
+        for _ in range(sleepers):
+            process = subprocess.Popen(["sleep", "120"])
+            self.sleepers[process.pid] = process
         self._watcher = threading.Thread(target=self._watch_hung, name="fleet-hung-watcher", daemon=True)
         self._watcher.start()
         give_up = time.monotonic() + 30
         for _ in range(hung + healthy):  # hung workers connected, healthy ones in their first block
             self._reports.get(timeout=max(0.1, give_up - time.monotonic()))
         self._go.set()
+        for index, pid in enumerate(self.sleepers):
+            assert store is not None, "sleepers need a store to acquire their timers"
+            after = first_after + spread * index / max(1, sleepers - 1)
+            deadline = time.time() + after
+            store.acquire(Owner.of_pid(pid), "hung", after)
+            self.deadlines[pid] = deadline
         for _ in range(hung):
             pid, deadline = self._reports.get(timeout=max(0.1, give_up - time.monotonic()))
             self.deadlines[pid] = deadline
 
     def _watch_hung(self) -> None:
-        waiting = {process.sentinel: pid for pid, process in self.hung.items()}
+        """Note when each hung worker ends: a pidfd per process turns readable at its exit (before it is reaped)."""
+        waiting = {os.pidfd_open(pid): pid for pid in [*self.hung, *self.sleepers]}
         while waiting:
             for ended in wait(list(waiting)):
-                self.died_at[waiting.pop(ended)] = time.time()  # type: ignore[call-overload]
+                assert isinstance(ended, int)
+                self.died_at[waiting.pop(ended)] = time.time()
+                os.close(ended)
 
     def wait_hung_dead(self, timeout: float) -> None:
         """Return once every hung worker is dead, or after ``timeout`` seconds (the assertions then say who lived)."""
         assert self._watcher is not None
         self._watcher.join(timeout)
+
+    def hung_pids(self) -> list[int]:
+        """Every hung worker: Python processes and sleepers."""
+        return [*self.hung, *self.sleepers]
 
     def kill_lags(self) -> dict[int, float]:
         """pid -> seconds from each hung worker's deadline to its death (missing: still alive)."""
@@ -137,7 +168,8 @@ class Fleet:
     def hung_exit_codes(self) -> dict[int, int | None]:
         for process in self.hung.values():
             process.join(1)
-        return {pid: process.exitcode for pid, process in self.hung.items()}
+        codes = {pid: process.exitcode for pid, process in self.hung.items()}
+        return codes | {pid: process.wait(1) for pid, process in self.sleepers.items()}
 
     def stop_healthy(self, timeout: float = 30) -> dict[int, int | None]:
         """Tell the healthy workers to finish their block and exit; their exit codes (0 = never signalled, no error)."""
@@ -154,6 +186,9 @@ class Fleet:
             if process.is_alive():
                 process.kill()
             process.join(5)
+        for sleeper in self.sleepers.values():
+            sleeper.kill()
+            sleeper.wait(5)
         self._reports.close()
         self._reports.join_thread()
 
@@ -222,3 +257,23 @@ def signalled_pids(store: TimerStore, count: int = 10_000) -> dict[int, list[str
         if pid is not None and pid.isdigit():
             found.setdefault(int(pid), []).append(event.type)
     return found
+
+
+def assert_fleet_whole(store: TimerStore, run: Fleet, bound: float = KILL_BOUND) -> None:
+    """Every hung worker died of SIGKILL within its deadline + ``bound`` and has a ``delivered`` event; no healthy
+    worker was signalled or failed; no timer is left."""
+    run.wait_hung_dead(timeout=max(run.deadlines.values()) - time.time() + bound + 2)
+    alive = [pid for pid in run.deadlines if pid not in run.died_at]
+    assert not alive, f"{len(alive)} hung workers still alive after deadline + {bound + 2} s"
+    lags = run.kill_lags()
+    late = {pid: round(lag, 2) for pid, lag in lags.items() if lag > bound}
+    early = {pid: round(lag, 2) for pid, lag in lags.items() if lag < 0}
+    assert not late and not early, f"killed late {late}, early {early}"
+    assert set(run.hung_exit_codes().values()) == {-signal.SIGKILL}
+    healthy_exits = run.stop_healthy()
+    assert all(code == 0 for code in healthy_exits.values()), f"healthy exit codes {Counter(healthy_exits.values())}"
+    events = signalled_pids(store)
+    assert not set(events) & set(run.healthy), {pid: events[pid] for pid in set(events) & set(run.healthy)}
+    undelivered = [pid for pid in run.hung_pids() if "delivered" not in events.get(pid, [])]
+    assert not undelivered, f"{len(undelivered)} hung workers without a delivered event"
+    assert store.count() == 0, "only the healthy workers' timers were live, and they released them"

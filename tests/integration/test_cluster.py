@@ -9,7 +9,6 @@ deadline + 3 s, and healthy workers (short blocks under a 30 s timer) must never
 from __future__ import annotations
 
 import shutil
-import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,14 +16,13 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import IN_CI
-from tests.integration.fleet import NAMESPACE, Fleet, fleet, signalled_pids, watchdogs
+from tests.integration.fleet import KILL_BOUND, NAMESPACE, assert_fleet_whole, fleet, watchdogs
 from tests.redis_cluster import ClusterServers, slot_of
 from timer_redis import Owner, TimerStore
 from timer_redis.keys import shard_of
 from timer_redis.settings import TimerSettings
 
 SHARDS = 6
-KILL_BOUND = 3.0  # seconds past its deadline within which a hung worker must be dead
 
 
 def cluster_url(cluster: ClusterServers) -> str:
@@ -42,26 +40,6 @@ def store(redis_cluster: ClusterServers) -> Iterator[TimerStore]:
     sharded = sharded_store(cluster_url(redis_cluster))
     yield sharded
     sharded.redis.close()
-
-
-def assert_fleet_whole(store: TimerStore, run: Fleet, bound: float = KILL_BOUND) -> None:
-    """Every hung worker died of SIGKILL within its deadline + ``bound`` and has a ``delivered`` event; no healthy
-    worker was signalled or failed; no timer is left."""
-    run.wait_hung_dead(timeout=max(run.deadlines.values()) - time.time() + bound + 2)
-    alive = [pid for pid in run.deadlines if pid not in run.died_at]
-    assert not alive, f"{len(alive)} hung workers still alive after deadline + {bound + 2} s"
-    lags = run.kill_lags()
-    late = {pid: round(lag, 2) for pid, lag in lags.items() if lag > bound}
-    early = {pid: round(lag, 2) for pid, lag in lags.items() if lag < 0}
-    assert not late and not early, f"killed late {late}, early {early}"
-    assert set(run.hung_exit_codes().values()) == {-signal.SIGKILL}
-    healthy_exits = run.stop_healthy()
-    assert set(healthy_exits.values()) == {0}, f"healthy exit codes {Counter(healthy_exits.values())}"
-    events = signalled_pids(store)
-    assert not set(events) & set(run.healthy), {pid: events[pid] for pid in set(events) & set(run.healthy)}
-    undelivered = [pid for pid in run.hung if "delivered" not in events.get(pid, [])]
-    assert not undelivered, f"{len(undelivered)} hung workers without a delivered event"
-    assert store.count() == 0, "only the healthy workers' timers were live, and they released them"
 
 
 # -- the shared cluster ------------------------------------------------------------------------------------------
