@@ -358,7 +358,7 @@ def _table(
     for name, (per_timer_us, share) in declared.items():
         table.add(
             f"declaring the claim's keys: the due-workers read per claimed timer ({name})",
-            f"{per_timer_us:.2f} µs, {share:.0%} of the claim",
+            f"{per_timer_us:.2f} µs, {share:.1%} of the claim",
             raw={"ours": Quantity(per_timer_us, "µs"), "share": Quantity(share, "x")},
         )
     table.note(
