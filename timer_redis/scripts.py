@@ -1,7 +1,8 @@
 """Loads ``lua/*.lua``, registers them on one Redis client, and exposes one typed method per script.
 
 A line ``--- @include "<name>"`` in a script is replaced by ``lua/includes/<name>.lua`` when it loads (as BullMQ's
-includes), so helpers shared by several scripts are written once. Each script's header is its contract: the
+includes), so helpers shared by several scripts are written once; only the definitions the script uses are pasted
+in, since Redis runs a script's whole text on every call. Each script's header is its contract: the
 number of KEYS a script takes is read from its ``-- KEYS[n]`` lines, and every call is checked against it.
 Scripts report domain failures with ``error_reply("<CODE> detail")``; ``ERROR_CODES`` maps each CODE to the
 exception raised here, and the detail (which names the bad value) becomes its message.
@@ -51,9 +52,50 @@ def _lua_file(*parts: str) -> str:
     return resources.files(__package__).joinpath("lua", *parts).read_text(encoding="utf-8")
 
 
+# A definition of an include file: a paragraph (comments and code up to a blank line) that defines locals.
+_DEFINES = re.compile(r"^local (?:function )?([A-Za-z_][A-Za-z0-9_]*(?:, *[A-Za-z_][A-Za-z0-9_]*)*)", re.M)
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_COMMENT = re.compile(r"--.*$", re.M)
+
+
+def _words(code: str) -> set[str]:
+    """The identifiers ``code`` mentions outside its comments."""
+    return set(_WORD.findall(_COMMENT.sub("", code)))
+
+
+def _definitions(include: str) -> list[tuple[set[str], str]]:
+    """The paragraphs of an include file that define locals, each with the names it defines, in file order."""
+    paragraphs = []
+    for paragraph in include.split("\n\n"):
+        names = {name.strip() for match in _DEFINES.findall(paragraph) for name in match.split(",")}
+        if names:
+            paragraphs.append((names, paragraph.strip("\n")))
+    return paragraphs
+
+
+def _needed(include: str, body: str) -> str:
+    """The definitions of ``include`` that ``body`` uses, and those they use in turn, in file order: every local a
+    script defines costs it a closure or a value on each call (Redis runs the whole text each time), so a script
+    carries only what it calls."""
+    definitions = _definitions(include)
+    used = _words(body)
+    kept: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for index, (names, text) in enumerate(definitions):
+            if index not in kept and names & used:
+                kept.add(index)
+                used |= _words(text)
+                changed = True
+    return "\n\n".join(text for index, (_, text) in enumerate(definitions) if index in kept)
+
+
 def with_includes(source: str) -> str:
-    """``source`` with each ``--- @include "<name>"`` line replaced by ``lua/includes/<name>.lua``."""
-    return _INCLUDE.sub(lambda match: _lua_file("includes", f"{match.group(1)}.lua").rstrip("\n"), source)
+    """``source`` with each ``--- @include "<name>"`` line replaced by what the script uses of
+    ``lua/includes/<name>.lua`` (its definitions the script calls, directly or through another)."""
+    body = _INCLUDE.sub("", source)
+    return _INCLUDE.sub(lambda match: _needed(_lua_file("includes", f"{match.group(1)}.lua"), body), source)
 
 
 def script_source(name: str) -> str:

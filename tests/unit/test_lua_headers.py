@@ -30,11 +30,23 @@ def test_header_names_file_keys_argv_returns(name: str) -> None:
     assert any(line.startswith("-- Errors") for line in header)
 
 
+PRELUDE = resources.files("timer_redis").joinpath("lua", "includes", "prelude.lua").read_text()
+PRELUDE_FUNCTIONS = set(re.findall(r"^local function (\w+)", PRELUDE, re.M))
+
+
+def _code(source: str) -> str:
+    return re.sub(r"--.*$", "", source, flags=re.M)
+
+
 @pytest.mark.parametrize("name", SCRIPT_NAMES)
-def test_includes_are_pasted_in(name: str) -> None:
+def test_includes_paste_in_what_the_script_calls_and_nothing_else(name: str) -> None:
     source = script_source(name)
     assert "@include" not in source
-    assert "local function now_ms()" in source, "every script includes the prelude"
+    defined = set(re.findall(r"^local function (\w+)", source, re.M)) & PRELUDE_FUNCTIONS
+    called = {word for word in re.findall(r"\b(\w+)\(", _code(source)) if word in PRELUDE_FUNCTIONS}
+    assert called <= defined, f"called but not pasted in: {called - defined}"
+    assert defined <= called, f"pasted in but never called: {defined - called}"
+    assert defined, "every script uses the prelude"
 
 
 @pytest.mark.parametrize("name", SCRIPT_NAMES)

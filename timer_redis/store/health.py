@@ -200,7 +200,7 @@ class StoreHealth(StoreBase):
             earliest += [int(first[0][1])] if first else []
             node_names |= set() if isinstance(nodes, Exception) else {as_text(n) for n in nodes}
             due_members = [] if isinstance(due_members, Exception) else [as_text(m) for m in due_members]
-            due_by_node.update(self._due_timers_by_node(keys, [m for m in due_members if is_worker_id(m)], now_ms))
+            due_by_node.update(self._due_timers_by_node([m for m in due_members if is_worker_id(m)], now_ms))
         replicas = {
             name: {**record, "age_ms": now_ms - record["last_seen_ms"]}
             for name, record in self.replicas().items()
@@ -240,16 +240,12 @@ class StoreHealth(StoreBase):
             "may_evict": policy in EVICTING_POLICIES,
         }
 
-    def _due_timers_by_node(self, keys: Keys, due_workers: list[str], now_ms: int) -> Counter[str]:
-        """How many due timers ``due_workers`` of one shard hold, per node (one round trip)."""
+    def _due_timers_by_node(self, due_workers: list[str], now_ms: int) -> Counter[str]:
+        """How many due timers ``due_workers`` hold, per node (one round trip)."""
         due_by_node: Counter[str] = Counter()
         if not due_workers:
             return due_by_node
-        with self.translated_errors():
-            pipe = self.redis.pipeline(transaction=False)
-            for worker in due_workers:
-                pipe.get(keys.worker(worker))
-            records = pipe.execute(raise_on_error=False)
+        records = self.read_records(due_workers)
         for worker, record in zip(due_workers, records, strict=True):
             entries, _ = parse_record(record if isinstance(record, (bytes, str)) else None)
             due_by_node[node_of(worker)] += sum(1 for entry in entries if entry.deadline_ms <= now_ms)

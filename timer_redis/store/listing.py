@@ -202,15 +202,11 @@ class TimerListing(StoreBase):
         return timers
 
     def _timers_of(self, workers: Sequence[str]) -> dict[str, TimerInfos]:
-        """The timers in the records of ``workers`` (ids already checked), one round trip. Lines that do not parse
-        are skipped: the claim script reports them."""
+        """The timers in the records of ``workers`` (ids already checked), one round trip per shard. Lines that do
+        not parse are skipped: the claim script reports them."""
         if not workers:
             return {}
-        with self.translated_errors():
-            pipe = self.redis.pipeline(transaction=False)
-            for worker in workers:
-                pipe.get(self.keys_of(worker).worker(worker))
-            records = pipe.execute(raise_on_error=False)
+        records = self.read_records(workers)
         timers: dict[str, TimerInfos] = {}
         for worker, record in zip(workers, records, strict=True):
             entries, _ = parse_record(record if isinstance(record, (bytes, str)) else None)
