@@ -1,6 +1,6 @@
-"""timer_redis on a real 3-master Redis Cluster (a replica each): a namespace of 6 shards spread over every master,
-and a fleet of real workers and `timerctl watchdog` replicas on the ``redis+cluster://`` URL, kept whole while a
-slot moves and while a master is killed -9.
+"""timer_redis on a real 3-master Redis Cluster (a replica per master, two where a master is killed): 6 shards spread
+over every master, and a fleet of real workers and `timerctl watchdog` replicas on the ``redis+cluster://`` URL,
+kept whole while a slot moves and while a master is killed -9.
 
 Each fleet run: hung workers (one timer each, deadlines spread over a second or two) must die of SIGKILL within
 deadline + 3 s, and healthy workers (short blocks under a 30 s timer) must never be signalled and exit 0.

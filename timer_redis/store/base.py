@@ -103,8 +103,8 @@ class StoreBase:
     def read_records(self, workers: Sequence[str]) -> list[Any]:
         """The records of ``workers`` (ids already checked), in their order: bytes, or None where there is none or
         the key holds another type (MGET never fails on one). One round trip of MGETs, ``RECORDS_PER_MGET`` keys
-        each, per shard: one MGET costs Redis far less than as many GETs, and a short one never holds up a claim
-        for long."""
+        each, per shard (on a cluster, one per MGET): one MGET costs Redis far less than as many GETs, and a short
+        one never holds up a claim for long."""
         records: list[Any] = [None] * len(workers)
         by_shard: dict[int, list[int]] = {}
         for index, worker in enumerate(workers):
@@ -112,11 +112,16 @@ class StoreBase:
         with self.translated_errors():
             for shard, indexes in by_shard.items():
                 keys = self.shard_keys[shard]
-                pipe = self.redis.pipeline(transaction=False)
                 chunks = [indexes[i : i + RECORDS_PER_MGET] for i in range(0, len(indexes), RECORDS_PER_MGET)]
-                for chunk in chunks:
-                    pipe.mget([keys.worker(workers[i]) for i in chunk])
-                for chunk, reply in zip(chunks, pipe.execute(raise_on_error=False), strict=True):
+                names = [[keys.worker(workers[i]) for i in chunk] for chunk in chunks]
+                if self.cluster:  # a cluster pipeline refuses MGET: one call per chunk, routed to the shard's master
+                    replies_of_chunks: list[Any] = [self.redis.mget(chunk_names) for chunk_names in names]
+                else:
+                    pipe = self.redis.pipeline(transaction=False)
+                    for chunk_names in names:
+                        pipe.mget(chunk_names)
+                    replies_of_chunks = pipe.execute(raise_on_error=False)
+                for chunk, reply in zip(chunks, replies_of_chunks, strict=True):
                     replies = reply if isinstance(reply, list) else [reply] * len(chunk)  # a failed MGET: its error
                     for i, record in zip(chunk, replies, strict=True):
                         records[i] = record
