@@ -8,6 +8,7 @@ deadline + 3 s, and healthy workers (short blocks under a 30 s timer) must never
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections import Counter
@@ -17,6 +18,7 @@ import pytest
 
 from tests.conftest import IN_CI
 from tests.integration.fleet import KILL_BOUND, NAMESPACE, assert_fleet_whole, fleet, watchdogs
+from tests.integration.timerctl_binary import timerctl
 from tests.redis_cluster import ClusterServers, slot_of
 from timer_redis import Owner, TimerStore
 from timer_redis.keys import shard_of
@@ -61,6 +63,33 @@ def test_six_shards_spread_over_every_master(redis_cluster: ClusterServers, stor
         records = [key for keys in mine for key in admin.scan_iter(match=keys.prefix + "w:*")]
         assert len(records) == sum(per_shard[keys.shard] for keys in mine), "each record lives with its shard"
     assert store.count() == 60 and len(store.list()) == 60
+
+
+def test_every_call_of_the_store_and_timerctl_works_on_six_shards(
+    redis_cluster: ClusterServers, store: TimerStore
+) -> None:
+    """The reads and operator calls on a cluster, where each runs per shard (a cluster pipeline refuses some
+    commands, a blocking read cannot span slots)."""
+    owners = [Owner("node-a", 2000 + index, 7) for index in range(30)]
+    for owner in owners:
+        store.acquire(owner, "step", 60)
+        store.acquire(owner, "eval", 0.001)
+    assert store.count() == 60 and store.workers() == 30
+    assert len(store.list(limit=7)) == 7 and len(store.list()) == 60
+    assert store.extend(owners[0], "step", 120) > store.get(owners[1], "step").deadline_ms  # type: ignore[union-attr]
+    stats = store.stats()
+    assert stats["live_timers"] == 60 and stats["due_workers"] == 30 and stats["shards"] == SHARDS
+    store.heartbeat("replica-1", "node-a")
+    assert list(store.replicas()) == ["replica-1"]
+    assert store.release(owners[0], "step") is True and store.release_worker(owners[1]) == 2
+    assert sum(store.release_all().values()) == 57 and store.count() == 0
+    cursor = store.follow_cursor(store.events(1000))
+    store.acquire(owners[2], "late", 60)
+    store.release_worker(owners[2], reason="operator")
+    assert [e.type for e in store.events(10, after=cursor, block_ms=1000)] != []
+    listed = timerctl(cluster_url(redis_cluster), "--shards", str(SHARDS), "--json", "stats")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["live_timers"] == 0
 
 
 @pytest.mark.slow  # 100 worker processes for about 6 s
