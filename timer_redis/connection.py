@@ -252,8 +252,24 @@ def _open(url: str, settings: TimerSettings, redis_kwargs: dict[str, Any], *, as
         if name in data_options:
             sentinel_options[name.removeprefix("sentinel_")] = data_options.pop(name)
     sentinels = Sentinel(list(parsed.hosts), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
-    primary_kwargs: dict[str, Any] = {**common, **options, **data_options}
+    primary_kwargs: dict[str, Any] = {**common, **options, "retry": _failover_retry(asyncio), **data_options}
     return sentinels.master_for(str(parsed.service), db=parsed.db, **primary_kwargs)
+
+
+# Behind Sentinel, a call that meets a refused or broken connection is sent again ten times, backing off from 100 ms
+# to 500 ms (about 4 s, as a cluster client rides out a failover: redis_compat.cluster_retry_options); each new
+# connection asks the sentinels for the primary, so a call made while they elect a new one waits for it. A timeout
+# is not retried: a hung server still surfaces within one socket timeout.
+FAILOVER_TRIES = 10
+
+
+def _failover_retry(asyncio: bool) -> Any:
+    from redis.backoff import ExponentialBackoff
+
+    retry_class = _async_retry_class() if asyncio else Retry
+    return retry_class(
+        ExponentialBackoff(cap=0.5, base=0.05), FAILOVER_TRIES, supported_errors=(redis.ConnectionError,)
+    )
 
 
 _RIDING_CLASSES: dict[type, type] = {}

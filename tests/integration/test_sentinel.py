@@ -36,15 +36,22 @@ def test_durable_timers_fire_after_the_primary_is_killed_and_watchdogs_resume_by
 ) -> None:
     deployment = own_redis_sentinel
     url = sentinel_url(deployment)
-    with watchdogs(url, durable_store, 2) as replicas, fleet(url, shards=1, durable=True) as run:
+    with (
+        watchdogs(url, durable_store, 2) as replicas,
+        fleet(url, shards=1, durable=True) as run,
+        fleet(url, shards=1) as healthy,
+    ):
+        # Healthy workers on plain timers, their blocks going on through the failover: none may fail or be killed.
+        healthy.start(hung=0, healthy=10, first_after=0, spread=0)
         # 200 durable timers: 10 of hung Python workers acquiring through the URL, 190 of sleep processes.
         run.start(hung=10, healthy=0, first_after=1.0, spread=5.0, sleepers=190, store=durable_store)
-        assert durable_store.count() == 200
+        assert durable_store.count() == 210
         started = time.monotonic()
         promoted = deployment.kill_primary()
         failover_seconds = time.monotonic() - started
         promoted_ms = int(time.time() * 1000)
-        assert_fleet_whole(durable_store, run, bound=KILL_BOUND + failover_seconds)
+        assert_fleet_whole(durable_store, run, bound=KILL_BOUND + failover_seconds, left_none=False)
+        assert_fleet_whole(durable_store, healthy)
         assert all(replica.process.poll() is None for replica in replicas), "the watchdogs ran on"
 
         def heartbeats_on_the_promoted_primary() -> bool:
