@@ -104,7 +104,7 @@ def packed_block(store: TimerStore, worker: str, scope_id: str, ttl_ms: int) -> 
     for name in ("acquire", "release"):
         store.redis.script_load(store.scripts.by_name[name].script)
     acquire = _acquire(store, worker, scope_id, ttl_ms, store.scripts.by_name["acquire"].sha)
-    keys = store.scripts.acquire_keys(store.keys, worker)
+    keys = store.scripts.release_keys(store.keys, worker)
     release = pack("EVALSHA", store.scripts.by_name["release"].sha, len(keys), *keys, worker, scope_id)
     return acquire, release, 4
 

@@ -213,7 +213,7 @@ class AsyncRedisTimerClient:
         """
         check_scope_id(scope_id)
         worker = self.worker_id()
-        keys = Scripts.acquire_keys(self._keys_of(worker), worker)
+        keys = Scripts.release_keys(self._keys_of(worker), worker)
         return bool(await self._write(self._release, keys, [worker, scope_id]))
 
     async def aclose(self) -> None:

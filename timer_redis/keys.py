@@ -213,6 +213,10 @@ class Keys:
         nodes: zset, every node that has had a delivery stream or a replica, scored by when it was last active.
         replicas: hash, watchdog heartbeats.
         wake_channel: pub/sub channel watchdogs sleep on.
+        controls: hash, the operator controls of the namespace (shard 0's; controls.py).
+        held: hash, workers held by a pause or the brake -> why ("pause <until_ms>", "brake", "pass").
+        signals: zset, signals of the last minute ("<ms> <worker>", scored by ms), kept only under a limit.
+        scopestats: hash, how long blocks held their timers, per 10-minute window (scopestats.py).
     """
 
     def __init__(self, namespace: str, shard: int = 0, shards: int = 1) -> None:
@@ -233,6 +237,10 @@ class Keys:
         self.nodes = self.prefix + "nodes"
         self.replicas = self.prefix + "replicas"
         self.wake_channel = self.prefix + "wake"
+        self.controls = self.prefix + "controls"
+        self.held = self.prefix + "held"
+        self.signals = self.prefix + "signals"
+        self.scopestats = self.prefix + "scopestats"
 
     def worker(self, worker: str) -> str:
         """String: the record of one worker's timers (records.py)."""

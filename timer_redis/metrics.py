@@ -17,6 +17,7 @@ made, never by ``import timer_redis``. Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,14 @@ class WatchdogMetrics:
     - ``claim_seconds`` (histogram): one claim round trip.
     - ``redis_errors_total{error}`` (counter): failed passes by exception class (``StoreUnavailableError`` while
       Redis is unreachable).
+    - ``would_signal_total`` (counter): workers this replica claimed in shadow mode (a ``would-signal`` event each,
+      no signal).
+    - ``held_total`` / ``braked_total`` (counters): due workers this replica's claims held for a pause / for the
+      brake (a braked worker is counted again each time it is judged, about once a second).
+    - Operator controls, read at scrape time with the namespace gauges: ``shadow_mode`` (1: the namespace is in
+      shadow mode), ``shadow_scopes`` (globs of scopes in shadow mode), ``paused`` (1: a pause is on),
+      ``brake_engaged`` (1: the brake is engaged until ``timerctl resume``), ``held_workers`` (held by a pause or
+      the brake), ``signal_limit_per_minute`` (NaN: no limit).
 
     Args:
         store: whose live timers the gauge counts; None leaves the gauge out.
@@ -101,6 +110,11 @@ class WatchdogMetrics:
         self.redis_errors = prometheus.Counter(
             "redis_errors", "Failed watchdog passes, by exception class.", ["error"], **names
         )
+        self.would_signal = prometheus.Counter(
+            "would_signal", "Workers claimed in shadow mode, not signalled.", **names
+        )
+        self.held = prometheus.Counter("held", "Due workers held for a pause by this replica's claims.", **names)
+        self.braked = prometheus.Counter("braked", "Due workers held by the brake (each time judged).", **names)
 
     # -- the WatchdogObserver protocol ---------------------------------------------------------------------------
 
@@ -109,6 +123,9 @@ class WatchdogMetrics:
         self.claims.inc(len(result.claimed))
         self.claim_time.observe(result.claim_seconds)
         self.takeovers.inc(result.taken_over)
+        self.would_signal.inc(len(result.shadowed))
+        self.held.inc(result.held)
+        self.braked.inc(result.braked)
         for (order, outcome), finished in zip(result.delivered, result.finished, strict=False):
             if not finished:
                 continue
@@ -184,7 +201,23 @@ class NamespaceCollector:
         )
         for node, count in sorted(stats.get("pending_deliveries", {}).items()):
             pending.add_metric([node], float(count))
+        controls = stats.get("controls")
+        nan = math.nan
+
+        def control(value: Callable[[dict[str, Any]], float]) -> float:
+            return float(value(controls)) if isinstance(controls, dict) else nan
+
+        def shadow_globs(c: dict[str, Any]) -> float:
+            return sum(1 for mode in c["scope_modes"].values() if mode == "shadow")
+
+        limit = control(lambda c: nan if c["limit"] is None else c["limit"])
         return [
+            gauge("shadow_mode", "1 when the namespace is in shadow mode.", control(lambda c: c["mode"] == "shadow")),
+            gauge("shadow_scopes", "Globs of scopes in shadow mode.", control(shadow_globs)),
+            gauge("paused", "1 while a pause is on.", control(lambda c: c["pause"] is not None)),
+            gauge("brake_engaged", "1 while the brake is engaged.", control(lambda c: c["brake"] is not None)),
+            gauge("held_workers", "Workers held by a pause or the brake.", float(stats.get("held_workers", nan))),
+            gauge("signal_limit_per_minute", "Most signals a minute in the namespace (NaN: none).", limit),
             gauge("live_timers", "Timers in the namespace (due or not), read at scrape time.", float(live)),
             gauge("due_timers", "Timers past their deadline and not yet claimed by a replica.", float(due)),
             pending,

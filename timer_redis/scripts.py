@@ -18,6 +18,7 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
+from .controls import NO_CONTROLS, ClaimGate
 from .errors import InvalidArgumentError, TimerRedisError, WrongTypeError
 from .keys import Keys
 from .records import WorkerOptions
@@ -32,11 +33,19 @@ SCRIPT_NAMES = (
     "finish_delivery",
     "forget_idle_consumers",
     "forget_node",
+    "resume",
+    "end_pause",
 )
+
+# Scripts whose header declares a variable part of KEYS (``KEYS[n..]``) after the fixed ones.
+VARIADIC_KEYS = frozenset({"claim_expired", "resume"})
 
 # Most timers one worker may hold: its record is rewritten on every acquire and release, so a runaway program
 # that never releases is stopped here, with a clear error, instead of making each call slower.
 MAX_TIMERS_PER_WORKER = 1024
+
+# The gate of a claim with no controls set (enforce, no pause, no limit, the brake's default triggers).
+OPEN_GATE = ClaimGate(NO_CONTROLS)
 
 _INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.M)
 _HEADER_KEY = re.compile(r"^-- KEYS\[(\d+)\]", re.M)
@@ -142,14 +151,19 @@ class Scripts:
                 claim script declares a variable number (``KEYS[6..]``), checked by the script itself.
         """
         expected = KEY_COUNTS[name]
-        if len(keys) != expected and not (name == "claim_expired" and len(keys) >= expected):
+        if len(keys) != expected and not (name in VARIADIC_KEYS and len(keys) >= expected):
             raise ValueError(f"{name}.lua takes {expected} KEYS, got {len(keys)}")
         return self.by_name[name](keys, args, client=client)
 
     @staticmethod
     def acquire_keys(keys: Keys, worker: str) -> list[str]:
-        """KEYS of acquire.lua (and release.lua)."""
+        """KEYS of acquire.lua."""
         return [keys.deadlines, keys.worker(worker), keys.extra, keys.wake_at]
+
+    @staticmethod
+    def release_keys(keys: Keys, worker: str) -> list[str]:
+        """KEYS of release.lua."""
+        return [keys.deadlines, keys.worker(worker), keys.extra, keys.scopestats]
 
     @staticmethod
     def acquire_worker_args(keys: Keys, worker: str, options: WorkerOptions) -> list[Any]:
@@ -205,7 +219,7 @@ class Scripts:
 
     def release(self, client: Any, keys: Keys, worker: str, scope_id: str) -> bool:
         """Run release.lua; True when a timer was removed."""
-        return bool(self.run("release", client, self.acquire_keys(keys, worker), [worker, scope_id]))
+        return bool(self.run("release", client, self.release_keys(keys, worker), [worker, scope_id]))
 
     def extend(
         self,
@@ -238,20 +252,32 @@ class Scripts:
         maxlen: int,
         workers: Sequence[tuple[str, str]],
         strays: Sequence[Any] = (),
+        gate: ClaimGate = OPEN_GATE,
     ) -> Sequence[Any]:
         """Run claim_expired.lua on candidate ``workers`` ((worker id, node) pairs, ids well-formed) and remove
-        ``strays`` (members that are not worker ids); returns its flat reply (see the script's header)."""
+        ``strays`` (members that are not worker ids), under the operator controls of ``gate``; returns its flat
+        reply (see the script's header)."""
         nodes = list(dict.fromkeys(node for _, node in workers))
         index = {node: position for position, node in enumerate(nodes, start=1)}
-        script_keys = [keys.deadlines, keys.events, keys.nodes, keys.extra, keys.replicas]
+        script_keys = [keys.deadlines, keys.events, keys.nodes, keys.extra, keys.replicas, keys.held, keys.signals]
+        script_keys += [keys.scopestats]
         script_keys += [keys.worker(worker) for worker, _ in workers]
         script_keys += [keys.deliver(node) for node in nodes]
-        args: list[Any] = [claimer, maxlen, keys.wake_channel, len(workers), len(nodes)]
+        args: list[Any] = [claimer, maxlen, keys.wake_channel, len(workers), len(nodes), *gate.script_args()]
         args += [worker for worker, _ in workers]
         args += [index[node] for _, node in workers]
         args += [*nodes, *strays]
         reply: Sequence[Any] = self.run("claim_expired", client, script_keys, args)
         return reply
+
+    def resume(self, client: Any, keys: Keys, workers: Sequence[str]) -> int:
+        """Run resume.lua on held ``workers`` of one shard; returns how many are due now."""
+        script_keys = [keys.deadlines, keys.held, keys.signals, *(keys.worker(worker) for worker in workers)]
+        return int(self.run("resume", client, script_keys, [keys.wake_channel, *workers]))
+
+    def end_pause(self, client: Any, keys: Keys, pause: str, maxlen: int, until_ms: int) -> bool:
+        """Run end_pause.lua; True when this call removed the ended pause (and wrote its event)."""
+        return bool(self.run("end_pause", client, [keys.controls, keys.events], [pause, maxlen, until_ms]))
 
     def finish_delivery(
         self,

@@ -18,6 +18,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .controls import ClockWatch
 from .delivery import DeliveryOrder, DeliveryResult, Outcome, Refusal, SignalPolicy, deliver, screen
 from .errors import AuthenticationError, InvalidArgumentError, StoreUnavailableError, TimerRedisError
 from .history import record_sample
@@ -57,6 +58,10 @@ class PassResult:
     """Per delivered order: whether this replica finished it and wrote its event (False: another one had)."""
     malformed: list[MalformedOrder] = field(default_factory=list)
     """What this pass found in its node's stream that is not an order (reported, then acknowledged)."""
+    shadowed: list[Claim] = field(default_factory=list)
+    """Workers claimed in shadow mode (a ``would-signal`` event each, no signal)."""
+    held: int = 0
+    braked: int = 0
 
 
 class WatchdogObserver(Protocol):
@@ -142,6 +147,7 @@ class Watchdog:
         self._started_ms: int | None = None
         self._live_replicas = 1  # of the namespace, as the last heartbeat saw them: claims spread over them
         self._server_clock = (0, 0.0)  # (server ms, monotonic s) of the last claim: now on the Redis clock
+        self._clock_watch = ClockWatch()  # per shard, for the brake on a jump of the Redis clock (controls.py)
         self._warned = False
 
     # -- one pass ------------------------------------------------------------------------------------------------
@@ -171,9 +177,10 @@ class Watchdog:
             self._group_ready = True
         batch = self.settings.claim_batch
         started = time.monotonic()
-        claim = self.store.claim_expired(batch, self.replica_id, spread=self._live_replicas)
+        claim = self.store.claim_expired(batch, self.replica_id, spread=self._live_replicas, clock=self._clock_watch)
         self._server_clock = (claim.now_ms, time.monotonic())
         result = PassResult(claimed=claim.claimed, now_ms=claim.now_ms, next_deadline_ms=claim.next_deadline_ms)
+        result.shadowed, result.held, result.braked = claim.shadowed, claim.held, claim.braked
         result.claim_seconds = time.monotonic() - started
         entries = self.store.read_deliveries(self.node, self.replica_id, ENTRIES_PER_READ)
         if time.monotonic() >= self._next_takeover:
@@ -403,6 +410,7 @@ class Watchdog:
             self._warned = True
             self.warn_at_start()
         record_sample(self.store)  # at most one per 10 s for the namespace, whatever the number of replicas
+        self.store.tidy_controls()  # old scope statistics, held marks of workers gone: a bounded scan per beat
         self.store.forget_idle_consumers(self.node, int(self.settings.lease * 1000), keep=self.replica_id)
         self.store.forget_gone_nodes(self.settings.node_retention)
         now_ms = self._started_ms and self.server_now_ms()

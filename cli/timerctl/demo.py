@@ -178,6 +178,7 @@ def demo(ctx: click.Context, workers: int, hung: int, ttl: float, with_dashboard
         settings = TimerSettings.from_env(namespace=namespace, shards=state.shards, max_interval=0.5)
         store = TimerStore.from_url(url, settings=settings, secret=secret)
         stack.callback(store.redis.close)
+        store.server_time_ms()  # Redis reached before a replica starts: if not, the error is ours, not their retries
         for _ in range(REPLICAS):
             replica = Watchdog(url=url, settings=settings, secret=secret)
             replica.start()

@@ -22,6 +22,7 @@ from timer_redis.keys import MAX_SHARDS, MEMBER_SEPARATOR, check_node, parse_wor
 from timer_redis.settings import DEFAULT_URL, parse_signal
 
 from .context import EXIT_INVALID, SECONDS, CliError, CliState, pass_state
+from .controls import CONTROL_COMMANDS, describe
 from .dashboard import dashboard
 from .demo import demo
 from .group import TimerctlGroup
@@ -285,6 +286,9 @@ def print_pass(result: PassResult, as_json: bool) -> None:
                 "next_deadline_ms": result.next_deadline_ms,
                 "backlog": result.backlog,
                 "claimed": [vars(claim) for claim in result.claimed],
+                "shadowed": [vars(claim) for claim in result.shadowed],
+                "held": result.held,
+                "braked": result.braked,
                 "delivered": [
                     {
                         "worker": order.worker,
@@ -300,6 +304,13 @@ def print_pass(result: PassResult, as_json: bool) -> None:
         )
         return
     click.echo(f"claimed {plural(len(result.claimed), 'timer')}, delivered {plural(len(result.delivered), 'order')}")
+    controlled = (
+        [f"{plural(len(result.shadowed), 'worker')} claimed in shadow mode (not signalled)"] * bool(result.shadowed)
+        + [f"{result.held} held by a pause"] * bool(result.held)
+        + [f"{result.braked} braked"] * bool(result.braked)
+    )
+    if controlled:
+        click.echo(", ".join(controlled))
     for order, outcome in result.delivered:
         click.echo(f"  {outcome.outcome.value:<13} {order.worker}  {order.scope_id}  {outcome.detail}")
 
@@ -552,7 +563,8 @@ def in_or_overdue(remaining_ms: int) -> str:
 
 KNOWN_EVENT_TYPES = (
     "expired", "delivered", "owner-gone", "refused", "signal-failed", "released", "malformed",
-    "would-signal", "held", "braked", "group-expired",
+    "would-signal", "held", "braked", "group-expired", "mode", "paused", "resumed", "limit",
+    "brake-engaged", "brake-released",
 )  # fmt: skip
 # Timers looked at to name the nodes that have some, when a --node filter matched nothing.
 NODES_SAMPLE = 1000
@@ -775,6 +787,8 @@ def stats(state: CliState, replica_timeout: float) -> None:
     click.echo(f"due timers          {data['due_timers']}")
     click.echo(f"next deadline       {in_or_overdue(earliest - now_ms) if earliest is not None else '-'}")
     click.echo(f"stuck nodes         {', '.join(data['stuck_nodes']) or 'none'}")
+    for label, value in describe(store.read_controls(), now_ms, data["held_workers"]):
+        click.echo(f"{label:<19} {value}")
     nodes = sorted(data["nodes"].items())
     if nodes:
         click.echo("")
@@ -812,3 +826,5 @@ def unwatched_nodes(store: TimerStore, data: dict[str, Any]) -> dict[str, int]:
 cli.add_command(run)
 cli.add_command(demo)
 cli.add_command(dashboard)
+for command in CONTROL_COMMANDS:
+    cli.add_command(command)

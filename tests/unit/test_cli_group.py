@@ -27,9 +27,14 @@ REACHES_REDIS = {
     "demo": ["--workers", "1", "--hung", "0"],
     "events": [],
     "extend": ["s", "--ttl", "5", "--pid", str(os.getpid())],
+    "limit": [],
     "list": [],
+    "mode": [],
+    "pause": ["--for", "1m"],
     "release": ["s", "--pid", str(os.getpid())],
+    "resume": [],
     "run": ["--ttl", "5", "--", "true"],
+    "scopes": [],
     "show": ["s", "--pid", str(os.getpid())],
     "stats": [],
     "watchdog": ["--once"],
@@ -194,7 +199,7 @@ def complete(words: str) -> list[str]:
 
 
 def test_shell_completion_offers_commands_group_options_after_them_and_event_types() -> None:
-    assert complete("timerctl li") == ["list"]
+    assert complete("timerctl lis") == ["list"]
     assert "--namespace" in complete("timerctl list --na")
     assert complete("timerctl events --type deli") == ["delivered"]
     script = subprocess.run(

@@ -45,7 +45,8 @@ def test_packed_commands_are_what_redis_py_would_send(store: TimerStore) -> None
     expected = [
         ([*head, "a scope|with spaces", 2500, 0, "", ""], ACQUIRE_REPLY_LINES, False),
         ([*head, "signed", 2500, 1_800_000_000_000, 3000, "mac"], ACQUIRE_REPLY_LINES, False),
-        (["EVALSHA", scripts.by_name["release"].sha, len(keys), *keys, WORKER, "a scope|with spaces"],
+        (["EVALSHA", scripts.by_name["release"].sha, 4, *scripts.release_keys(store.keys, WORKER), WORKER,
+          "a scope|with spaces"],
          RELEASE_REPLY_LINES, True),
     ]  # fmt: skip
     assert sent == [(b"".join(connection.pack_command(*args)), lines, wait) for args, lines, wait in expected]

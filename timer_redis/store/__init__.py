@@ -7,8 +7,8 @@ and a ``replicas`` hash of watchdog heartbeats.
 
 ``TimerStore`` is one class built from one part per job, each in a module of its own (as redis-py builds
 ``Redis`` from its command mixins): ``timers`` (one timer), ``listing`` (many timers), ``protocol`` (what watchdog
-replicas do: claim, deliver, wake), ``health`` (heartbeats and stats) and ``audit`` (the events stream), all on
-the state of ``base``.
+replicas do: claim, deliver, wake), ``health`` (heartbeats and stats), ``audit`` (the events stream) and
+``controls`` (shadow mode, pause, limits, the brake), all on the state of ``base``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from ..connection import open_redis
 from ..settings import TimerSettings
 from .audit import AuditTrail, Event
+from .controls import ControlsStore
 from .health import FORGET_REPLICA_SECONDS, REPLICA_TIMEOUT_SECONDS, StoreHealth
 from .listing import TimerInfo, TimerListing
 from .protocol import Claim, ClaimResult, WatchdogProtocol
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 
-class TimerStore(TimerOperations, TimerListing, WatchdogProtocol, StoreHealth, AuditTrail):
+class TimerStore(TimerOperations, TimerListing, WatchdogProtocol, StoreHealth, AuditTrail, ControlsStore):
     """Timers of one namespace in one Redis: acquire, release, inspect, claim and deliver.
 
     Args:

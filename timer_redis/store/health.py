@@ -172,7 +172,8 @@ class StoreHealth(StoreBase):
             finished, read or not), ``replicas`` (replica id -> last heartbeat with ``age_ms`` and ``live``; dead
             ones are listed until ``FORGET_REPLICA_SECONDS``), ``nodes`` (node -> ``live_replicas``,
             ``due_timers``, ``pending_deliveries``), ``stuck_nodes``, ``signed`` (whether this store signs) and
-            ``eviction_policy`` with ``may_evict`` (Redis may delete timers when full).
+            ``eviction_policy`` with ``may_evict`` (Redis may delete timers when full), ``controls`` (mode, pause,
+            limits, brake: ``Controls.as_dict``) and ``held_workers`` (held by a pause or the brake).
         """
         self.check_layout()
         now_ms = self.server_time_ms()
@@ -238,6 +239,8 @@ class StoreHealth(StoreBase):
             "signed": self.signer is not None,
             "eviction_policy": policy,
             "may_evict": policy in EVICTING_POLICIES,
+            "controls": self.read_controls().as_dict(now_ms),  # type: ignore[attr-defined]  # controls.py's
+            "held_workers": self.held_count(),  # type: ignore[attr-defined]
         }
 
     def _due_timers_by_node(self, due_workers: list[str], now_ms: int) -> Counter[str]:

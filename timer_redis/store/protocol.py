@@ -17,12 +17,14 @@ from typing import Any
 
 import redis
 
+from ..controls import ClaimGate, ClockWatch, Controls
 from ..delivery import DeliveryOrder
 from ..keys import DELIVERY_GROUP, Keys, is_worker_id, node_of
 from ..redis_compat import as_text
+from ..scripts import OPEN_GATE
 from ..validation import whole_number
 from ..wake import WakeListener
-from .base import StoreBase
+from .controls import ControlsStore
 
 # The name of the stream field that holds a batch of orders (claim_expired.lua), one line each.
 ORDERS_FIELD = b"o1"
@@ -50,6 +52,14 @@ class ClaimResult:
     claimed: list[Claim] = field(default_factory=list)
     full: bool = False
     """Some shard had as many due workers as the limit: more may be waiting."""
+    shadowed: list[Claim] = field(default_factory=list)
+    """Workers claimed in shadow mode: cleared with a ``would-signal`` event, and signalled by nobody."""
+    held: int = 0
+    """Due workers held by a pause (their timers stay)."""
+    braked: int = 0
+    """Due workers held by the brake (judged again a second later)."""
+    brake_engaged: str | None = None
+    """Why this claim engaged the namespace brake (a clock jump, a mass of due workers), if it did."""
 
 
 @dataclass(frozen=True)
@@ -160,28 +170,38 @@ def _entries(items: Any, shard: int = 0) -> DeliveryEntries:
     return entries
 
 
-class WatchdogProtocol(StoreBase):
+class WatchdogProtocol(ControlsStore):
     """Claiming and delivering, for ``Watchdog``: the parts of ``TimerStore`` only replicas call."""
 
-    def claim_expired(self, limit: int, claimer: str = "", *, spread: int = 1) -> ClaimResult:
+    def claim_expired(
+        self, limit: int, claimer: str = "", *, spread: int = 1, clock: ClockWatch | None = None
+    ) -> ClaimResult:
         """Atomically reap up to ``limit`` due workers of each shard: clear their timers and queue one delivery
         order per worker on its node's stream. Each timer is claimed by exactly one caller, whatever the number of
-        replicas.
+        replicas. The operator controls (``timer_redis.controls``) decide per due worker: paused and braked ones
+        are held, shadowed ones claimed without an order.
 
         In two steps per shard: read the workers due by this process' estimate of the server clock, then run
-        claim_expired.lua on them with every key it touches named (it claims those still due).
+        claim_expired.lua on them with every key it touches named (it claims those still due). The controls are
+        read once per call, and only when some shard has a due worker. A claim that finds the Redis clock jumped
+        since ``clock`` last saw it, or a mass of workers due at once, brakes and engages the namespace brake.
 
         Args:
             limit: most workers per call and shard.
             claimer: this replica's id, for the audit trail.
             spread: how many replicas claim at once; each starts reading at a random one of ``spread`` batches,
                 so during a mass expiry they take different workers instead of racing for the same ones.
+            clock: what this replica saw of the Redis clock at its last claims (updated here); None: no clock check.
         """
         whole_number("limit", limit)
         whole_number("spread", spread)
         self.check_layout()
         claimer_token = "".join(ch if ch.isprintable() and not ch.isspace() else "_" for ch in claimer) or "-"
-        results = [self._claim_shard(keys, limit, claimer_token, spread) for keys in self.shard_keys]
+        controls: list[Controls] = []  # read at the first shard with due workers
+        results = [self._claim_shard(keys, limit, claimer_token, spread, clock, controls) for keys in self.shard_keys]
+        trigger = next((r.brake_engaged for r in results if r.brake_engaged), None)
+        if trigger is not None:
+            self.engage_brake(trigger, by=claimer_token)
         if len(results) == 1:
             return results[0]
         deadlines = [r.next_deadline_ms for r in results if r.next_deadline_ms is not None]
@@ -190,10 +210,16 @@ class WatchdogProtocol(StoreBase):
             min(deadlines) if deadlines else None,
             [claim for r in results for claim in r.claimed],
             any(r.full for r in results),
+            [claim for r in results for claim in r.shadowed],
+            sum(r.held for r in results),
+            sum(r.braked for r in results),
+            trigger,
         )
 
-    def _claim_shard(self, keys: Keys, limit: int, claimer: str, spread: int) -> ClaimResult:
-        """``claim_expired`` on one shard."""
+    def _claim_shard(
+        self, keys: Keys, limit: int, claimer: str, spread: int, clock: ClockWatch | None, controls: list[Controls]
+    ) -> ClaimResult:
+        """``claim_expired`` on one shard; ``controls`` caches the namespace's controls for the call."""
         due_by = self.server_clock.now_ms() + CLAIM_MARGIN_MS
         offset = random.randrange(spread) * limit
         members = self._due_members(keys, due_by, offset, limit)
@@ -210,16 +236,38 @@ class WatchdogProtocol(StoreBase):
                 workers.append((worker, node_of(worker)))
             else:
                 strays.append(member)
+        gate = OPEN_GATE
+        if workers:
+            if not controls:
+                controls.append(self.read_controls())
+            expected = clock.expected_ms(keys.shard) if clock is not None else 0
+            gate = ClaimGate(controls[0], expected, len(self.shard_keys))
         sent = time.monotonic()
         with self.translated_errors():
-            reply = self.scripts.claim_expired(self._raw, keys, claimer, self.settings.events_maxlen, workers, strays)
+            reply = self.scripts.claim_expired(
+                self._raw, keys, claimer, self.settings.events_maxlen, workers, strays, gate
+            )
+        received = time.monotonic()
         now_ms, next_deadline = int(reply[0]), int(reply[1])
-        self.server_clock.observe(now_ms, sent, time.monotonic())
-        claimed = []
-        for packed in reply[2:]:
+        self.server_clock.observe(now_ms, sent, received)
+        if clock is not None:
+            clock.observe(keys.shard, now_ms, (sent + received) / 2)
+        held, braked, trigger, shadow_count = int(reply[2]), int(reply[3]), as_text(reply[4]), int(reply[5])
+        claims = []
+        for packed in reply[6:]:
             deadline, worker, scope_id = as_text(packed).split(" ", 2)  # "<deadline_ms> <worker> <scope_id>"
-            claimed.append(Claim(worker, scope_id, int(deadline), node_of(worker)))
-        return ClaimResult(now_ms, None if next_deadline < 0 else next_deadline, claimed, len(claimed) >= limit)
+            claims.append(Claim(worker, scope_id, int(deadline), node_of(worker)))
+        shadowed, claimed = claims[:shadow_count], claims[shadow_count:]
+        return ClaimResult(
+            now_ms,
+            None if next_deadline < 0 else next_deadline,
+            claimed,
+            len(claims) + held + braked >= limit,
+            shadowed,
+            held,
+            braked,
+            trigger or None,
+        )
 
     def _due_members(self, keys: Keys, due_by: int, offset: int, limit: int) -> list[Any]:
         """Members of a shard's deadlines scored up to ``due_by``; none when the key holds another type (the claim

@@ -219,7 +219,7 @@ class TimerOperations(StoreBase):
             return None
         self.check_layout()
         keys = self.keys_of(worker)
-        return bool(self.run_write("release", self.scripts.acquire_keys(keys, worker), [worker, scope_id]))
+        return bool(self.run_write("release", self.scripts.release_keys(keys, worker), [worker, scope_id]))
 
     def flush(self) -> None:
         """Wait for the replies of every ``wait=False`` call; raise the first error among them."""
@@ -246,12 +246,11 @@ class TimerOperations(StoreBase):
                 return commands
             scripts = self.scripts
             shard = self.keys_of(worker)
-            keys = scripts.acquire_keys(shard, worker)
             commands = cache[(worker, options)] = WorkerCommands(
                 scripts.by_name["acquire"].sha,
                 scripts.by_name["release"].sha,
-                (keys, scripts.acquire_worker_args(shard, worker, options)),
-                (keys, [worker]),
+                (scripts.acquire_keys(shard, worker), scripts.acquire_worker_args(shard, worker, options)),
+                (scripts.release_keys(shard, worker), [worker]),
                 self._unread.send,
                 self._unread.hold,
             )
