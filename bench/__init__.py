@@ -11,7 +11,7 @@ baseline's, the ratio, the target and PASS/MISS, with the raw numbers behind the
 from pathlib import Path
 
 # Every benchmark, in the order a run makes them (each a module of this package with ``run(quick) -> Table``).
-BENCHMARKS = ("client_overhead", "detection_lag", "operator_reads", "mass_expiry", "memory", "throughput")
+BENCHMARKS = ("client_overhead", "detection_lag", "operator_reads", "mass_expiry", "memory", "throughput", "cluster")
 
 # The record the README's tables come from: python -m bench --json writes it, python -m bench.readme reads it.
 RESULTS = Path(__file__).resolve().parent / "results.json"

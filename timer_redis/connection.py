@@ -238,7 +238,7 @@ def _open(url: str, settings: TimerSettings, redis_kwargs: dict[str, Any], *, as
         cluster_kwargs: dict[str, Any] = {**common, **cluster_retry_options(asyncio=asyncio), **options,
                                           **parsed.options}  # fmt: skip
         nodes = [ClusterNode(host, port) for host, port in parsed.hosts]
-        return RedisCluster(startup_nodes=nodes, **cluster_kwargs)
+        return riding_out_slot_moves(RedisCluster)(startup_nodes=nodes, **cluster_kwargs)
     # A sentinel that is down is skipped at once, not retried with a backoff (seconds per lookup otherwise).
     sentinel_options: dict[str, Any] = {
         "socket_timeout": settings.socket_timeout,
@@ -252,8 +252,47 @@ def _open(url: str, settings: TimerSettings, redis_kwargs: dict[str, Any], *, as
         if name in data_options:
             sentinel_options[name.removeprefix("sentinel_")] = data_options.pop(name)
     sentinels = Sentinel(list(parsed.hosts), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
-    primary_kwargs: dict[str, Any] = {**common, **options, **data_options}
+    primary_kwargs: dict[str, Any] = {**common, **options, "retry": _failover_retry(asyncio), **data_options}
     return sentinels.master_for(str(parsed.service), db=parsed.db, **primary_kwargs)
+
+
+# Behind Sentinel, a call that meets a refused or broken connection is sent again ten times, backing off from 100 ms
+# to 500 ms (about 4 s, as a cluster client rides out a failover: redis_compat.cluster_retry_options); each new
+# connection asks the sentinels for the primary, so a call made while they elect a new one waits for it. A timeout
+# is not retried: a hung server still surfaces within one socket timeout.
+FAILOVER_TRIES = 10
+
+
+def _failover_retry(asyncio: bool) -> Any:
+    from redis.backoff import ExponentialBackoff
+
+    retry_class = _async_retry_class() if asyncio else Retry
+    return retry_class(
+        ExponentialBackoff(cap=0.5, base=0.05), FAILOVER_TRIES, supported_errors=(redis.ConnectionError,)
+    )
+
+
+_RIDING_CLASSES: dict[type, type] = {}
+
+
+def riding_out_slot_moves(cluster_class: type) -> type:
+    """A subclass of redis-py's ``RedisCluster`` (sync or asyncio) that retries a command whose slot is on the move
+    as it retries one during a failover (``cluster_retry_options``: ten tries).
+
+    While a slot's keys migrate, a script whose keys are split between the two masters gets ``TRYAGAIN``; redis-py
+    tries again only 16 times in about 0.4 s, then raises ``ClusterError("TTL exhausted.")``, which it does not
+    retry: a reshard moving many keys (``redis-cli --cluster reshard`` moves them 10 at a time) would fail acquires,
+    releases and claims. Ten such rounds ride out about 4 s of it.
+    """
+    subclass = _RIDING_CLASSES.get(cluster_class)
+    if subclass is None:
+        from redis.exceptions import ClusterError
+
+        retried = (*cluster_class.ERRORS_ALLOW_RETRY, ClusterError)  # type: ignore[attr-defined]
+        subclass = type(cluster_class.__name__, (cluster_class,), {"ERRORS_ALLOW_RETRY": retried})
+        subclass.__module__ = __name__
+        _RIDING_CLASSES[cluster_class] = subclass
+    return subclass
 
 
 def is_cluster(client: Any) -> bool:

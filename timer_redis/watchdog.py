@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from .controls import ClockWatch
 from .delivery import DeliveryOrder, DeliveryResult, Outcome, Refusal, SignalPolicy, deliver, screen
 from .dumps import Dump, collect_dumps, wants_dump
-from .errors import AuthenticationError, StoreUnavailableError, TimerRedisError
+from .errors import AuthenticationError, InvalidArgumentError, StoreUnavailableError, TimerRedisError
 from .escalation import escalation_due_ms
 from .groups import COVERED, EXPANDED, verify_group_order
 from .history import record_sample
@@ -439,17 +439,22 @@ class Watchdog:
         Raises:
             AuthenticationError: Redis refused the credentials before any pass succeeded (a wrong password does
                 not fix itself; later, a refusal is logged as an error on every retry).
+            InvalidArgumentError: the namespace is spread over another number of shards than this replica's
+                (checked before its first heartbeat, so it writes nothing into a layout that is not its own).
         """
         backoff = 0.1
         failing_since: float | None = None
         wake: WakeListener | None = None
-        succeeded = False
+        succeeded = layout_checked = False
         # Replicas restarted together would otherwise all claim at the same instant; a short random first sleep
         # spreads them. It is kept well under a second, because due timers wait for it.
         self._stop.wait(self._rng.uniform(0, min(self.settings.max_interval, 0.2)))
         try:
             while not self._stop.is_set():
                 try:
+                    if not layout_checked:  # before the first heartbeat: nothing written into another layout
+                        self.store.check_layout()
+                        layout_checked = True
                     if wake is None:
                         wake = self.store.subscribe_wake()  # subscribe before the pass, so no wake is missed
                     self._heartbeat()
@@ -464,6 +469,8 @@ class Watchdog:
                     self._sleep(wake, seconds)
                 except Exception as error:  # one failed pass must never end the replica: log, back off, go on
                     if isinstance(error, AuthenticationError) and not succeeded:
+                        raise
+                    if isinstance(error, InvalidArgumentError) and not layout_checked:
                         raise
                     if self.metrics is not None:
                         self.metrics.observe_error(error)

@@ -28,8 +28,8 @@ def store(fake_redis: fakeredis.FakeRedis) -> TimerStore:
 
 
 def test_each_shard_has_its_own_hash_tag_and_one_shard_keeps_the_unsharded_layout() -> None:
-    tags = {Keys("ns", shard, SHARDS).deadlines.split("}")[0] for shard in range(SHARDS)}
-    assert tags == {"timer:{ns#0", "timer:{ns#1", "timer:{ns#2", "timer:{ns#3"}
+    tags = [Keys("ns", shard, SHARDS).deadlines.split("}")[0] for shard in range(SHARDS)]
+    assert [tag.partition(".")[0] for tag in tags] == ["timer:{ns#0", "timer:{ns#1", "timer:{ns#2", "timer:{ns#3"]
     assert Keys("ns").deadlines == "timer:{ns}:deadlines"
     worker = OWNERS[0].worker_id
     keys = Keys("ns", shard_of(worker, SHARDS), SHARDS)

@@ -54,7 +54,12 @@ class AuditTrail(StoreBase):
                 trail of several shards without missing one, the last id seen in each shard
                 (``follow_cursor``).
             block_ms: with ``after``, wait up to this long for a new event.
+
+        Raises:
+            InvalidArgumentError: the namespace is spread over another number of shards than this store's (its
+                events are in streams this store would not read).
         """
+        self.check_layout()
         if after is None:
             rows = []
             for keys in self.shard_keys:

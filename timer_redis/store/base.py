@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from typing import Any
 
 import redis
@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 # Records read by one MGET (listing, stats): a few tens of microseconds of Redis time each.
 RECORDS_PER_MGET = 100
-# A durable write on a cluster whose slot is moving is sent again this many times, to the slot's new owner.
-CLUSTER_REDIRECT_TRIES = 5
+# A durable write on a cluster is sent this many times while its slot moves or its master fails over, backing off
+# from 50 ms to 500 ms between tries (about 4 s in all, like the cluster client's own retries: redis_compat).
+CLUSTER_REDIRECT_TRIES = 10
 
 
 def durable_wait_ms(socket_timeout: float) -> int:
@@ -102,8 +103,8 @@ class StoreBase:
     def read_records(self, workers: Sequence[str]) -> list[Any]:
         """The records of ``workers`` (ids already checked), in their order: bytes, or None where there is none or
         the key holds another type (MGET never fails on one). One round trip of MGETs, ``RECORDS_PER_MGET`` keys
-        each, per shard: one MGET costs Redis far less than as many GETs, and a short one never holds up a claim
-        for long."""
+        each, per shard (on a cluster, one per MGET): one MGET costs Redis far less than as many GETs, and a short
+        one never holds up a claim for long."""
         records: list[Any] = [None] * len(workers)
         by_shard: dict[int, list[int]] = {}
         for index, worker in enumerate(workers):
@@ -111,11 +112,16 @@ class StoreBase:
         with self.translated_errors():
             for shard, indexes in by_shard.items():
                 keys = self.shard_keys[shard]
-                pipe = self.redis.pipeline(transaction=False)
                 chunks = [indexes[i : i + RECORDS_PER_MGET] for i in range(0, len(indexes), RECORDS_PER_MGET)]
-                for chunk in chunks:
-                    pipe.mget([keys.worker(workers[i]) for i in chunk])
-                for chunk, reply in zip(chunks, pipe.execute(raise_on_error=False), strict=True):
+                names = [[keys.worker(workers[i]) for i in chunk] for chunk in chunks]
+                if self.cluster:  # a cluster pipeline refuses MGET: one call per chunk, routed to the shard's master
+                    replies_of_chunks: list[Any] = [self.redis.mget(chunk_names) for chunk_names in names]
+                else:
+                    pipe = self.redis.pipeline(transaction=False)
+                    for chunk_names in names:
+                        pipe.mget(chunk_names)
+                    replies_of_chunks = pipe.execute(raise_on_error=False)
+                for chunk, reply in zip(chunks, replies_of_chunks, strict=True):
                     replies = reply if isinstance(reply, list) else [reply] * len(chunk)  # a failed MGET: its error
                     for i, record in zip(chunk, replies, strict=True):
                         records[i] = record
@@ -194,25 +200,41 @@ class StoreBase:
     def on_primary_of(self, key: str, queue: Callable[[Any], object]) -> list[Any]:
         """Run the commands ``queue`` puts on a pipeline in one round trip on one connection to the primary that
         holds ``key``, and return their replies: a WAIT among them then counts the replicas that hold the writes
-        before it. On a cluster the pipeline goes to the key's node itself; a slot that moved meanwhile (MOVED, ASK)
-        refreshes the slot map and tries again, a few times."""
+        before it. On a cluster the pipeline goes to the key's node itself, and is sent again, backing off, while
+        the slot moves (MOVED: to its new owner; ASK: to the importing node, after ASKING; TRYAGAIN) or its master
+        fails over (CLUSTERDOWN, a refused or broken connection: after the slot map is read again).
+
+        Raises:
+            redis.RedisError: the last failure, after ``CLUSTER_REDIRECT_TRIES`` tries.
+        """
         if not self.cluster:
             pipe = self.redis.pipeline(transaction=False)
             queue(pipe)
             replies: list[Any] = pipe.execute()
             return replies
+        from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
+
+        passing = (MovedError, AskError, TryAgainError, ClusterDownError, redis.ConnectionError, redis.TimeoutError)
+        asking: Any = None  # the node an ASK redirected this key to, for the next try only
         for attempt in range(CLUSTER_REDIRECT_TRIES):
-            node = self.redis.get_node_from_key(key)
+            node = asking or self.redis.get_node_from_key(key)
             pipe = self.redis.get_redis_connection(node).pipeline(transaction=False)
+            if asking is not None:
+                pipe.execute_command("ASKING")
             queue(pipe)
             try:
                 replies = pipe.execute()
-                return replies
-            except (redis.exceptions.MovedError, redis.exceptions.AskError):
+                return replies[1:] if asking is not None else replies
+            except passing as error:
                 if attempt == CLUSTER_REDIRECT_TRIES - 1:
                     raise
-                self.redis.nodes_manager.initialize()
-                time.sleep(0.05 * (attempt + 1))
+                asking = None
+                if isinstance(error, AskError):
+                    asking = self.redis.get_node(error.host, error.port) or None
+                elif not isinstance(error, TryAgainError):
+                    with suppress(redis.RedisError):  # every seed may be down for a moment: the next try says
+                        self.redis.nodes_manager.initialize()
+                time.sleep(min(0.5, 0.05 * 2**attempt))
         raise AssertionError("unreachable")
 
     def server_time_ms(self) -> int:
