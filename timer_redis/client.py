@@ -85,6 +85,10 @@ class RedisTimerClient(TimerClient):
             no dumps). A signal the program does not use itself: USR1, say.
         group: this process' group (``groups.py``): when the timer of any member expires, every member is signalled
             (default ``TIMER_REDIS_GROUP``, else none).
+        shards: how many shards the namespace is spread over (default ``TIMER_REDIS_SHARDS``, else 1). Ignored with
+            ``store`` or ``settings``.
+        durable: acquire and extend wait until a replica holds the write (default ``TIMER_REDIS_DURABLE``, else
+            False). Ignored with ``store`` or ``settings``.
     """
 
     supports_kill_after = True
@@ -105,9 +109,13 @@ class RedisTimerClient(TimerClient):
         kill_after: float | None = None,
         dump_signal: int | str | None = None,
         group: str | None = None,
+        shards: int | None = None,
+        durable: bool | None = None,
     ) -> None:
         if store is None:
-            settings = settings or TimerSettings.from_env(namespace=namespace, signal=signal)
+            settings = settings or TimerSettings.from_env(
+                namespace=namespace, signal=signal, shards=shards, durable=durable
+            )
             store = TimerStore.from_url(url_from_env(url), settings=settings, secret=secret)
         elif namespace is not None and namespace != store.keys.namespace:
             raise InvalidArgumentError(f"namespace {namespace!r} differs from the store's {store.keys.namespace!r}")

@@ -107,6 +107,8 @@ class Watchdog:
             pass a recorder; signature and allow-list checks still come first.
         lease: seconds before another replica takes over an order this one left unacknowledged.
         rng: source of jitter (seed it in tests).
+        shards: how many shards the namespace is spread over (default ``TIMER_REDIS_SHARDS``, else 1). Ignored with
+            ``store``.
         settings: timer knobs; the arguments above override them.
         metrics: told about every pass and every failed one (``metrics.WatchdogMetrics`` serves them to Prometheus).
     """
@@ -126,11 +128,14 @@ class Watchdog:
         secret: bytes | str | None = None,
         deliverer: Deliverer | None = None,
         lease: float | None = None,
+        shards: int | None = None,
         rng: random.Random | None = None,
         settings: TimerSettings | None = None,
         metrics: WatchdogObserver | None = None,
     ) -> None:
         base = store.settings if store is not None else (settings or TimerSettings.from_env(namespace=namespace))
+        if store is None and shards is not None:
+            base = base.with_changes(shards=shards)
         self.settings = base.with_changes(
             **{
                 k: v

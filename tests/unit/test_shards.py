@@ -10,7 +10,16 @@ import fakeredis
 import pytest
 
 from tests.helpers import snapshot, wait_until_due
-from timer_redis import DeliveryOrder, DeliveryResult, InvalidArgumentError, Outcome, Owner, TimerStore, Watchdog
+from timer_redis import (
+    DeliveryOrder,
+    DeliveryResult,
+    InvalidArgumentError,
+    Outcome,
+    Owner,
+    RedisTimerClient,
+    TimerStore,
+    Watchdog,
+)
 from timer_redis.keys import Keys, shard_of
 from timer_redis.settings import TimerSettings
 
@@ -127,3 +136,14 @@ def test_garbage_in_the_meta_key_is_replaced(fake_redis: fakeredis.FakeRedis, ca
     fake_redis.hset(Keys("test").meta, "a", "b")
     sharded(fake_redis, 1).acquire(OWNERS[1], "step", 30)
     assert fake_redis.exists(Keys("test").meta) == 0
+
+
+def test_the_client_and_the_watchdog_take_shards_and_durable_as_keywords(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIMER_REDIS_SHARDS", "2")
+    client = RedisTimerClient(url="redis://127.0.0.1:1/0", shards=4, durable=True)
+    assert (client.store.settings.shards, client.store.settings.durable, len(client.store.shard_keys)) == (4, True, 4)
+    watchdog = Watchdog(url="redis://127.0.0.1:1/0", shards=4)
+    assert (watchdog.settings.shards, len(watchdog.store.shard_keys)) == (4, 4)
+    assert RedisTimerClient(url="redis://127.0.0.1:1/0").store.settings.shards == 2  # the environment's
+    with pytest.raises(InvalidArgumentError, match="shards"):
+        RedisTimerClient(url="redis://127.0.0.1:1/0", shards=0)
