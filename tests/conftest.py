@@ -13,6 +13,7 @@ import fakeredis
 import pytest
 import redis
 
+import timer_redis
 from tests.redis_cluster import ClusterServers
 from tests.redis_sentinel import SentinelServers
 from tests.redis_server import RedisServer
@@ -155,3 +156,11 @@ def restore_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def restore_default_client() -> Iterator[None]:
+    """``configure()`` sets a process-wide client: put back the one before the test."""
+    previous = timer_redis.get_default_client()
+    yield
+    timer_redis.configure(previous)

@@ -1,4 +1,4 @@
-"""Fixtures of the tests that run the real `timerctl` binary."""
+"""Fixtures of the integration tests: a watchdog in a thread, and the real `timerctl watchdog` in a process."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ import pytest
 
 from tests.helpers import wait_for
 from tests.integration.timerctl_binary import start_timerctl, stop
-from timer_redis import TimerStore
+from timer_redis import TimerStore, Watchdog
+
+
+@pytest.fixture
+def running_watchdog(real_store: TimerStore) -> Iterator[Watchdog]:
+    """A watchdog replica in a thread of the test process, on the test's Redis (passes at most 0.5 s apart)."""
+    dog = Watchdog(store=real_store, max_interval=0.5)
+    dog.start()
+    yield dog
+    dog.stop()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import json
 import multiprocessing
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,22 +18,6 @@ from tests.helpers import wait_for
 from tests.integration import workers
 from tests.integration.timerctl_binary import timerctl
 from timer_redis import TimerStore, Watchdog
-
-fork = multiprocessing.get_context("fork")
-
-
-@pytest.fixture
-def running_watchdog(real_store: TimerStore) -> Iterator[Watchdog]:
-    dog = Watchdog(store=real_store, max_interval=0.5)
-    dog.start()
-    yield dog
-    dog.stop()
-
-
-def run(target: object, *args: object) -> multiprocessing.Process:
-    process = fork.Process(target=target, args=args)
-    process.start()
-    return process
 
 
 def events_of(store: TimerStore, process: multiprocessing.Process, count: int = 1000) -> list[str]:
@@ -50,8 +33,8 @@ def ok(url: str, *args: str) -> str:
 def test_shadow_mode_signals_nobody_then_enforce_kills(real_store: TimerStore, running_watchdog: Watchdog) -> None:
     url = real_store.url
     ok(url, "mode", "shadow", "--reason", "rolling out a new timeout")
-    quick = [run(workers.finish_in_time, url, 5, 0.02) for _ in range(3)]
-    hung = run(workers.hang_in_block, url, 0.2, 1.0)  # over its timeout, then finishes by itself
+    quick = [workers.start(workers.finish_in_time, url, 5, 0.02) for _ in range(3)]
+    hung = workers.start(workers.hang_in_block, url, 0.2, 1.0)  # over its timeout, then finishes by itself
     hung.join(10)
     assert hung.exitcode == 0, "in shadow mode nobody is signalled"
     assert events_of(real_store, hung) == ["expired", "would-signal"]
@@ -69,7 +52,7 @@ def test_shadow_mode_signals_nobody_then_enforce_kills(real_store: TimerStore, r
     assert "SUGGESTED" in table and by_timeout[5000]["scope_id"] in table
 
     ok(url, "mode", "enforce")
-    again = run(workers.hang_in_block, url, 0.2, 10)
+    again = workers.start(workers.hang_in_block, url, 0.2, 10)
     again.join(10)
     assert again.exitcode == -signal.SIGKILL
     assert events_of(real_store, again) == ["expired", "delivered"]
@@ -78,8 +61,8 @@ def test_shadow_mode_signals_nobody_then_enforce_kills(real_store: TimerStore, r
 def test_pause_holds_then_resume_judges_held_timers(real_store: TimerStore, running_watchdog: Watchdog) -> None:
     url = real_store.url
     ok(url, "pause", "--for", "30m", "--reason", "maintenance")
-    hung = run(workers.hang_in_block, url, 0.1, 30)
-    late = run(workers.finish_in_time, url, 0.1, 1.0)  # overruns, then releases while paused
+    hung = workers.start(workers.hang_in_block, url, 0.1, 30)
+    late = workers.start(workers.finish_in_time, url, 0.1, 1.0)  # overruns, then releases while paused
     wait_for(lambda: events_of(real_store, hung) == ["held"] and events_of(real_store, late) == ["held"],
              timeout=10, what="one held event per worker")  # fmt: skip
     late.join(10)
@@ -101,7 +84,7 @@ def test_a_pause_that_ends_by_itself_lets_the_hung_worker_be_killed(
 ) -> None:
     url = real_store.url
     ok(url, "pause", "--for", "1.5s")
-    hung = run(workers.hang_in_block, url, 0.1, 30)
+    hung = workers.start(workers.hang_in_block, url, 0.1, 30)
     wait_for(lambda: events_of(real_store, hung) == ["held"], what="the held event")
     assert hung.is_alive()
     hung.join(10)
@@ -115,7 +98,7 @@ def test_a_pause_that_ends_by_itself_lets_the_hung_worker_be_killed(
 def test_the_brake_lets_10_of_50_due_workers_die_and_resume_the_rest(real_store: TimerStore) -> None:
     url = real_store.url
     ok(url, "limit", "--max-signals-per-minute", "10")
-    children = [run(workers.hang_in_block, url, 0.3, 60) for _ in range(50)]
+    children = [workers.start(workers.hang_in_block, url, 0.3, 60) for _ in range(50)]
     try:
         wait_for(lambda: real_store.count() == 50, timeout=20, what="50 live timers")
         wait_for(lambda: real_store.stats()["due_workers"] == 50, what="all 50 due")
@@ -149,10 +132,10 @@ def test_garbage_in_the_controls_hash_is_reported_and_ignored(
     real_store: TimerStore, running_watchdog: Watchdog
 ) -> None:
     real_store.redis.hset(real_store.keys.controls, mapping={"mode": "shadow-ish", "pause": "{broken", "x": "y"})
-    first = run(workers.hang_in_block, real_store.url, 0.1, 10)
+    first = workers.start(workers.hang_in_block, real_store.url, 0.1, 10)
     first.join(10)
     assert first.exitcode == -signal.SIGKILL, "garbage means the defaults: enforce, not paused"
-    second = run(workers.hang_in_block, real_store.url, 0.1, 10)
+    second = workers.start(workers.hang_in_block, real_store.url, 0.1, 10)
     second.join(10)
     assert second.exitcode == -signal.SIGKILL
     malformed = [e for e in real_store.events(100) if e.type == "malformed"]

@@ -7,9 +7,6 @@ from __future__ import annotations
 import multiprocessing
 import signal
 import subprocess
-from collections.abc import Iterator
-
-import pytest
 
 from tests.helpers import wait_for
 from tests.integration import evidence_workers
@@ -18,14 +15,6 @@ from timer_redis import TimerStore, Watchdog
 from timer_redis.store import Event
 
 fork = multiprocessing.get_context("fork")
-
-
-@pytest.fixture
-def running_watchdog(real_store: TimerStore) -> Iterator[Watchdog]:
-    dog = Watchdog(store=real_store, max_interval=0.5)
-    dog.start()
-    yield dog
-    dog.stop()
 
 
 def events_of(store: TimerStore, pid: int, kind: str | None = None) -> list[Event]:

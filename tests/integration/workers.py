@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import time
 from typing import Any
 
 import timer_redis as timer
+
+FORK = multiprocessing.get_context("fork")
+
+
+def start(target: Any, *args: Any) -> multiprocessing.Process:
+    """Run ``target(*args)`` in a forked child process, started."""
+    process = FORK.Process(target=target, args=args)
+    process.start()
+    return process
 
 
 def configure(url: str, namespace: str = "test") -> timer.RedisTimerClient:

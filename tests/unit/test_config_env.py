@@ -21,13 +21,6 @@ from timer_redis.settings import TimerSettings
 pytestmark = pytest.mark.filterwarnings("ignore:TIMER_REDIS_URL is not set")
 
 
-@pytest.fixture(autouse=True)
-def restore_default_client() -> Iterator[None]:
-    previous = timer.get_default_client()
-    yield
-    timer.configure(previous)
-
-
 @pytest.fixture
 def fake_stores(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, TimerStore]]:
     """TimerStore.from_url builds stores on one fakeredis instead of connecting; records the URLs asked for."""

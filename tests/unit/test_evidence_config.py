@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import fakeredis
@@ -18,13 +17,6 @@ from timer_redis.records import parse_record
 from timer_redis.settings import TimerSettings
 
 pytestmark = pytest.mark.filterwarnings("ignore:TIMER_REDIS_URL is not set")
-
-
-@pytest.fixture(autouse=True)
-def restore_default_client() -> Iterator[None]:
-    previous = timer.get_default_client()
-    yield
-    timer.configure(previous)
 
 
 @pytest.fixture
