@@ -10,7 +10,7 @@ from timer_redis.keys import is_worker_id
 
 from .context import EXIT_NOT_FOUND, CliError, CliState, pass_state
 from .group import TimerctlCommand, TimerctlGroup
-from .render import emit_json, format_time
+from .render import emit_json, format_time, terminal_safe
 
 _EVENT_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
@@ -66,9 +66,11 @@ def show(state: CliState, what: str) -> None:
     if state.json_output:
         emit_json({**found, "taken_ms": _int(found.get("taken_ms")), "truncated": found.get("truncated") == "1"})
         return
-    click.echo(f"# dump {found['id']} of {found.get('worker', '?')} scope {found.get('scope_id', '?')!r}, taken "
-               f"{format_time(_int(found.get('taken_ms')))} by {found.get('source', '?')}")  # fmt: skip
-    click.echo(found.get("text", ""), nl=False)
+    click.echo(terminal_safe(
+        f"# dump {found['id']} of {found.get('worker', '?')} scope {found.get('scope_id', '?')!r}, taken "
+        f"{format_time(_int(found.get('taken_ms')))} by {found.get('source', '?')}"
+    ))  # fmt: skip
+    click.echo(terminal_safe(found.get("text", "")), nl=False)
 
 
 def _int(text: str | None) -> int:

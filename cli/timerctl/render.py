@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import time
 from typing import Any
@@ -28,12 +29,21 @@ __all__ = [
     "plural",
     "print_table",
     "signal_label",
+    "terminal_safe",
     "warn",
 ]
 
 # Event fields that hold integers (Redis streams store text). Fields ending in "_ms" are integers too, so fields
 # added later (``sent_ms``, ``lag_ms``, ...) come out as numbers without a change here.
 INTEGER_EVENT_FIELDS = frozenset({"pid", "signal", "count", "start_time"})
+# What a terminal acts on rather than prints (C0 but newline and tab, DEL, C1).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with each control character but newline and tab shown as an escape (``\\x1b``): what Redis holds
+    may come from any writer, and its escape sequences must never drive the operator's terminal."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def emit_json(data: Any) -> None:
@@ -47,7 +57,7 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
     for row in [headers, *rows]:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        click.echo(terminal_safe("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()))
 
 
 def warn(message: str) -> None:
@@ -125,7 +135,7 @@ def event_summary(event: Event) -> str:
     else:
         what = " ".join(f"{key}={value!r}" for key, value in fields.items() if key not in ("type", "worker"))
     owner = f"{who(fields['worker'])}  " if "worker" in fields else ""
-    return f"{kind:<13} {owner}{what}".rstrip()
+    return terminal_safe(f"{kind:<13} {owner}{what}".rstrip())
 
 
 def _int(value: str | None) -> int:

@@ -21,6 +21,7 @@ from timerctl.main import cli
 
 from tests.helpers import wait_for
 from timer_redis import Owner, TimerStore, Watchdog
+from timer_redis.dumps import Dump
 from timer_redis.keys import timer_member
 
 # timerctl's one time format: local time with milliseconds.
@@ -539,3 +540,29 @@ def test_demo_kills_exactly_the_hung_workers() -> None:
 
 def test_demo_refuses_more_hung_than_workers() -> None:
     assert invoke(None, "demo", "--workers", "2", "--hung", "3").exit_code == EXIT_USAGE
+
+
+def test_dump_show_prints_control_characters_a_writer_stored_as_escapes(store: TimerStore) -> None:
+    worker = "node:4242:1"
+    hostile = Dump("node:4242:1@1000", text="Thread 0x1 (most recent call first):\n\x1b[2J\x1b]0;owned\x07\tline\n")
+    store.save_dumps([(0, hostile, worker, "scope\x1b[31m")])
+    result = invoke(store, "dump", "show", worker)
+    assert result.exit_code == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert "\\x1b[2J\\x1b]0;owned\\x07\tline\n" in result.stdout and "Thread 0x1" in result.stdout
+
+
+def test_events_and_list_print_control_characters_a_writer_stored_as_escapes(
+    store: TimerStore, fake_redis: Any
+) -> None:
+    fake_redis.xadd(
+        store.keys.events, {"type": "delivered", "worker": "n:1:1", "scope_id": "s", "detail": "\x1b]0;x\x07"}
+    )
+    events = invoke(store, "events")
+    assert events.exit_code == 0 and "\x1b" not in events.stdout and "\\x1b]0;x\\x07" in events.stdout
+    deadline = 4_000_000_000_000
+    fake_redis.set(store.keys.worker("n:1:1"), f"scope\x1b[31m\t{deadline}\t30000\t9\t\t\t\t")
+    fake_redis.zadd(store.keys.deadlines, {"n:1:1": deadline})
+    listed = invoke(store, "list")
+    assert listed.exit_code == 0, listed.stderr
+    assert "\x1b" not in listed.stdout and "scope\\x1b[31m" in listed.stdout
