@@ -250,40 +250,68 @@ def deliver(
     refusal = screen(order, policy, verify=verify, server_now_ms=server_now_ms)
     if refusal is not None:
         return refusal
-    pid = order.pid
     signum = order.signal_to_send
-    name = signal_name(signum)
+    found = check_worker(order, policy, read)
+    if isinstance(found, DeliveryResult):
+        if order.step == "kill" and found.outcome is Outcome.OWNER_GONE:  # the good outcome of an escalation
+            grace = f"{order.kill_after_ms or 0} ms"
+            return DeliveryResult(
+                Outcome.OWNER_GONE, f"pid {order.pid} exited within the grace of {grace}: no SIGKILL needed"
+            )
+        return found
+    pidfd, _ = found
+    try:
+        send_signal(order.pid, signum, pidfd)
+    except ProcessLookupError:
+        return DeliveryResult(Outcome.OWNER_GONE, f"pid {order.pid} exited before the signal")
+    except OSError as error:
+        return DeliveryResult(Outcome.FAILED, f"{type(error).__name__}: {error}")
+    finally:
+        close_pidfd(pidfd)
+    return DeliveryResult(Outcome.DELIVERED, f"sent {signal_name(signum)} to pid {order.pid}")
+
+
+def check_worker(
+    order: DeliveryOrder, policy: SignalPolicy, read: ProcessReader = read_process
+) -> tuple[int | None, ProcessState] | DeliveryResult:
+    """The process that acquired ``order``'s timer, if it may be signalled: not pid 0 or 1 or the watchdog itself,
+    alive through a pidfd opened before the check, the same start time, a thread-group leader, not a zombie, of an
+    allowed uid. The one identity check of every signal (the delivery's and the dump's).
+
+    Returns:
+        (pidfd, state): the caller signals through the pidfd (None where the kernel has none) and closes it with
+        ``close_pidfd``; or the result that says why not (refused, or owner-gone).
+    """
+    pid = order.pid
     if pid <= 1 or pid == (policy.own_pid or os.getpid()):
         return _refused(Refusal.NEVER_SIGNALLED, f"pid {pid} is never signalled")
     gone = DeliveryResult(Outcome.OWNER_GONE, f"pid {pid} is not the process that acquired the timer")
-    if order.step == "kill":  # the good outcome of an escalation: the signal was enough
-        grace = f"{order.kill_after_ms or 0} ms"
-        gone = DeliveryResult(Outcome.OWNER_GONE, f"pid {pid} exited within the grace of {grace}: no SIGKILL needed")
     try:
         pidfd = _open_pidfd(pid)
     except OSError:  # no such process, or a thread: not the worker either way
         return gone
     try:
         state = read(pid)
-        if state is None or state.zombie or state.start_time != order.start_time or state.tgid != pid:
-            return gone
-        if policy.allowed_uids is not None and state.uid not in policy.allowed_uids:
-            uids = ", ".join(str(uid) for uid in sorted(policy.allowed_uids))
-            return _refused(Refusal.UID_NOT_ALLOWED, f"pid {pid} runs as uid {state.uid}; allowed uids: {uids}")
-        try:
-            send_signal(pid, signum, pidfd)
-        except ProcessLookupError:
-            return DeliveryResult(Outcome.OWNER_GONE, f"pid {pid} exited before the signal")
-        except OSError as error:
-            return DeliveryResult(Outcome.FAILED, f"{type(error).__name__}: {error}")
-    finally:
-        if pidfd is not None:
-            with suppress(OSError):
-                os.close(pidfd)
-    return DeliveryResult(Outcome.DELIVERED, f"sent {name} to pid {pid}")
+    except BaseException:
+        close_pidfd(pidfd)
+        raise
+    problem: DeliveryResult | None = None
+    if state is None or state.zombie or state.start_time != order.start_time or state.tgid != pid:
+        problem = gone
+    elif policy.allowed_uids is not None and state.uid not in policy.allowed_uids:
+        uids = ", ".join(str(uid) for uid in sorted(policy.allowed_uids))
+        problem = _refused(Refusal.UID_NOT_ALLOWED, f"pid {pid} runs as uid {state.uid}; allowed uids: {uids}")
+    if problem is not None or state is None:
+        close_pidfd(pidfd)
+        return problem or gone
+    return pidfd, state
 
 
-open_pidfd = _open_pidfd  # for dumps.py, which checks a process the same way before its dump signal
+def close_pidfd(pidfd: int | None) -> None:
+    """Close a pidfd of ``check_worker`` (None: there was none)."""
+    if pidfd is not None:
+        with suppress(OSError):
+            os.close(pidfd)
 
 
 def _refused(reason: Refusal, detail: str) -> DeliveryResult:

@@ -35,7 +35,17 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import IO
 
-from .delivery import DeliveryOrder, OrderVerifier, SignalPolicy, open_pidfd, screen, send_signal, signal_name
+from .delivery import (
+    DeliveryOrder,
+    DeliveryResult,
+    OrderVerifier,
+    SignalPolicy,
+    check_worker,
+    close_pidfd,
+    screen,
+    send_signal,
+    signal_name,
+)
 from .process import ProcessState, read_process
 
 DUMP_DIR_NAME = "timer-redis-dumps"
@@ -279,19 +289,12 @@ def _prepare(
     if order.dump_signal not in policy.allowed_signals:
         item.result = Dump(item.dump_id, missing=f"the dump signal {signal_name(order.dump_signal)} is not allowed")
         return False
+    found = check_worker(order, policy, read)
+    if isinstance(found, DeliveryResult):
+        return False  # the delivery reports why
+    pidfd, state = found
     pid = order.pid
-    if pid <= 1 or pid == (policy.own_pid or os.getpid()):
-        return False
     try:
-        pidfd = open_pidfd(pid)
-    except OSError:
-        return False
-    try:
-        state = read(pid)
-        if state is None or state.zombie or state.start_time != order.start_time or state.tgid != pid:
-            return False
-        if policy.allowed_uids is not None and state.uid not in policy.allowed_uids:
-            return False
         item.uid, item.state = state.uid, state
         item.fd = _open_dump_file(dump_path(root, state.uid, pid, order.start_time, order.dump_signal), state.uid)
         if item.fd < 0:
@@ -306,9 +309,7 @@ def _prepare(
             item.fd = -1
             return False
     finally:
-        if pidfd is not None:
-            with suppress(OSError):
-                os.close(pidfd)
+        close_pidfd(pidfd)
     return True
 
 
